@@ -143,6 +143,7 @@ class Recommender:
         k: int = 10,
         exclude_seen: bool = True,
         user_items: sp.spmatrix | None = None,
+        items: np.ndarray | None = None,
         batch_size: int = 2048,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for one user (1-D arrays) or many (2-D arrays).
@@ -157,6 +158,9 @@ class Recommender:
             the matrix given to ``fit``).
         user_items : sparse matrix, optional
             Rows aligned with user indices giving the items to exclude.
+        items : int array, optional
+            Candidate allow-list: only these item indices may be returned (business
+            rules, cold-item evaluation).
         batch_size : int
             Users scored at once (bounds memory at ``batch_size * n_items`` floats).
 
@@ -172,6 +176,13 @@ class Recommender:
         seen = None
         if exclude_seen:
             seen = self.user_items_ if user_items is None else check_user_items(user_items, self.n_items_)
+        blocked = None
+        if items is not None:
+            allowed = np.asarray(items, dtype=np.int64)
+            if allowed.size and (allowed.min() < 0 or allowed.max() >= self.n_items_):
+                raise InputError(f"candidate item index out of range [0, {self.n_items_})")
+            blocked = np.ones(self.n_items_, bool)
+            blocked[allowed] = False
         ids = np.empty((len(users), k), np.int64)
         out = np.empty((len(users), k), np.float32)
         for start in range(0, len(users), batch_size):
@@ -181,6 +192,8 @@ class Recommender:
                 rows = seen[b]
                 r, c = rows.nonzero()
                 s[r, c] = -np.inf
+            if blocked is not None:
+                s[:, blocked] = -np.inf
             ids[start : start + len(b)], out[start : start + len(b)] = topk(s, k)
         return (ids[0], out[0]) if single else (ids, out)
 
