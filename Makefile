@@ -29,7 +29,7 @@ bench: $(STAMP)
 	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
 
 notebooks: $(STAMP)
-	$(PY) -m recsys.notebooks_run --write notebooks/*.ipynb
+	$(PY) tools/run_notebooks.py --write notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) runs mlruns.db mlartifacts

@@ -1,15 +1,56 @@
-"""Placeholder for the `rollback` job; being implemented (see the issue tracker)."""
+"""Move the ``champion`` alias back, and serve the bundle of that version again.
+
+Examples::
+
+    recsys rollback --out runs/default                    # back to the previous champion
+    recsys rollback --out runs/default --to-version 3     # to a given registered version
+
+The registered model name and alias come from ``[promotion]`` of ``--config`` (default
+configs/default.toml) unless given. Rollback bypasses the quality gates on purpose: a
+person decided. It takes the same lock as ``recsys run``, so it never races a nightly run.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+from pathlib import Path
 
-HELP = "(rollback: not implemented yet)"
+from pipelines.build_dataset import load_toml
+from pipelines.config import section
+from pipelines.tracking_uri import resolve_tracking_uri
+
+HELP = "move the champion alias (and OUT/latest) back to the previous or a given version"
+log = logging.getLogger("recsys.rollback")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("--out", type=Path, required=True, help="output directory of `recsys run` (holds bundles/ and latest)")
+    parser.add_argument("--config", type=Path, default=Path("configs/default.toml"), help="for [promotion] (default: %(default)s)")
+    parser.add_argument("--registered-model", help="registered model name (default: [promotion] registered_model)")
+    parser.add_argument("--alias", help="alias to move (default: [promotion] alias, else champion)")
+    parser.add_argument("--to-version", help="registered model version to roll back to (default: the previous champion)")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
 
 
 def main(args: argparse.Namespace) -> int:
-    raise NotImplementedError("rollback is not implemented yet")
+    from recsys import promotion
+    from recsys.errors import ConfigError
+    from recsys.lock import DirectoryLock
+    from recsys.serving.versions import publish
+
+    promo = section(load_toml(args.config), "promotion") if args.config and args.config.exists() else {}
+    name = args.registered_model or promo.get("registered_model")
+    if not name:
+        raise ConfigError("no registered model name: pass --registered-model or a --config with [promotion] registered_model")
+    alias = args.alias or promo.get("alias", "champion")
+    client = promotion._client(resolve_tracking_uri(args.tracking_uri, os.environ))
+    with DirectoryLock(args.out):
+        version = promotion.rollback(client, name, alias, to_version=args.to_version)
+        bundle = (version.tags or {}).get(promotion.BUNDLE_TAG)
+        if not bundle:
+            raise ConfigError(f"{name} v{version.version} records no bundle version; the alias moved but {args.out}/latest did not")
+        publish(args.out, bundle, action="rollback")
+    print(f"{name}@{alias} -> v{version.version}; {args.out}/latest -> bundles/{bundle}")
+    return 0

@@ -1,0 +1,173 @@
+"""Orchestration of ``recsys run``: step order, fingerprints, run record, summary table.
+
+The chain, each step skipped when its fingerprint (inputs + config + upstream
+fingerprints) is unchanged and its outputs still exist::
+
+    dataset -> baseline-<name>... -> train-<name>... -> content -> refit -> blend -> export -> promote
+
+A refused promotion is recorded (so an unchanged rerun says "refused" again without
+registering another version) and turned into exit code 3.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines import steps
+from recsys.data.dataset import Dataset
+from recsys.errors import ConfigError, QualityGateError
+from recsys.io import sha256_file, write_json
+from recsys.workflow import StepResult, Workflow, fingerprint_files
+
+log = logging.getLogger("recsys.run")
+
+SUMMARY_METRICS = ("ndcg@10", "recall@20", "precision@10", "map@10", "mrr", "coverage@10")
+DEFAULT_BASELINES = ("most-popular", "item-knn")
+
+
+class Runner:
+    """Runs the chain once in ``out`` (the caller holds the directory lock)."""
+
+    def __init__(self, out: Path, cfg: dict[str, Any], build_config: Any, tracking_uri: str, force: bool = False,
+                 show_progress: bool = True, input_files: list[str] | None = None,
+                 build_config_dict: Any = None) -> None:
+        self.out = out
+        self.cfg = cfg
+        self.build_config = build_config
+        self.wf = Workflow(out / "state", force=force)
+        tracking = cfg.get("tracking", {})
+        self.ctx = steps.RunContext(out=out, tracking_uri=tracking_uri,
+                                    experiment=tracking.get("experiment", "recsys"), seed=int(cfg.get("seed", 0)),
+                                    show_progress=show_progress)
+        self.input_files = input_files or []
+        self.build_config_dict = build_config_dict
+        self.metrics: dict[str, dict[str, float]] = {}
+        self.record: dict[str, Any] = {"started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "out": str(out),
+                                       "tracking_uri": tracking_uri, "status": "running"}
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _models_cfg(self) -> tuple[list[str], list[str], str]:
+        m = self.cfg.get("models", {})
+        baselines = list(m.get("baselines", DEFAULT_BASELINES))
+        train = list(m.get("train", ["als"]))
+        publish = m.get("publish", train[0] if train else None)
+        if publish is None or publish not in train:
+            raise ConfigError(f"[models] publish = {publish!r} must be one of the trained models {train}")
+        if publish not in steps.FACTOR_MODELS:
+            raise ConfigError(f"[models] publish must be a vector model {steps.FACTOR_MODELS}, got {publish!r}")
+        return baselines, train, publish
+
+    def _params(self, name: str) -> dict[str, Any]:
+        p = dict(self.cfg.get("models", {}).get(name, {}))
+        p.pop("tune", None)
+        return p
+
+    def _tune(self, name: str) -> dict[str, Any] | None:
+        return self.cfg.get("models", {}).get(name, {}).get("tune")
+
+    def _step(self, name: str, inputs: dict[str, Any], fn: Any) -> StepResult:
+        res = self.wf.run(name, inputs, fn)
+        self.record.setdefault("steps", []).append({"name": name, "ran": res.ran, "seconds": round(res.seconds, 3)})
+        self._write_record()
+        return res
+
+    def _write_record(self) -> None:
+        write_json(self.out / "state" / "run_record.json", self.record)
+
+    # -- the chain -------------------------------------------------------------------------
+
+    def run(self) -> int:
+        try:
+            code = self._run()
+        except QualityGateError as e:
+            self.record.update(status="refused", reason=str(e))
+            self._write_record()
+            raise
+        except BaseException as e:
+            self.record.update(status="failed", reason=f"{type(e).__name__}: {e}")
+            self._write_record()
+            raise
+        self.record["status"] = "ok" if code == 0 else "refused"
+        self.record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._write_record()
+        return code
+
+    def _run(self) -> int:
+        baselines, train, publish = self._models_cfg()
+        ctx = self.ctx
+        ds_res = self._step("dataset", {"files": fingerprint_files(self.input_files), "config": self.build_config_dict},
+                            lambda: steps.build_dataset_step(ctx, self.build_config))
+        ds = Dataset.load(ctx.dataset_dir)
+        ds_fp = ds_res.fingerprint
+
+        trained: dict[str, StepResult] = {}
+        for name in baselines + train:
+            params, tune = self._params(name), self._tune(name)
+            res = self._step(f"train-{name}", {"dataset": ds_fp, "params": params, "tune": tune, "seed": ctx.seed},
+                             lambda n=name, p=params, t=tune: steps.train_step(ctx, ds, n, p, t))
+            trained[name] = res
+            self.metrics[name] = steps.load_result(res.outputs)["metrics_test"]
+        published = steps.load_result(trained[publish].outputs)
+
+        content_cfg = self.cfg.get("content", {})
+        content_res = None
+        if content_cfg.get("enabled", True):
+            items_fp = sha256_file(ctx.dataset_dir / "items.parquet")  # content only, not the path
+            content_res = self._step("content", {"items": items_fp, "config": content_cfg},
+                                     lambda: steps.content_step(ctx, ds, content_cfg))
+
+        refit = bool(self.cfg.get("refit", {}).get("enabled", True))
+        refit_res = self._step("refit", {"train": trained[publish].fingerprint, "refit": refit, "params": published["params"]},
+                               lambda: steps.refit_step(ctx, ds, publish, published["params"], refit,
+                                                        trained[publish].outputs["model_path"]))
+        blend_res = self._step("blend", {"model": refit_res.fingerprint, "content": content_res and content_res.fingerprint,
+                                         "config": content_cfg},
+                               lambda: steps.blend_step(ctx, ds, refit_res.outputs["model_path"],
+                                                        content_res and content_res.outputs["content_path"], content_cfg))
+        index_cfg = self.cfg.get("index", {})
+        extra = {"dataset_manifest_sha256": ds_res.outputs.get("manifest_sha256"), "model": publish,
+                 "params": published["params"], "refit_on_all": refit, "train_run_id": published["run_id"],
+                 "vector_sources": blend_res.outputs.get("sources")}
+        export_res = self._step("export", {"blend": blend_res.fingerprint, "index": index_cfg},
+                                lambda: steps.export_step(ctx, ds, publish, refit_res.outputs["model_path"],
+                                                          blend_res.outputs["vectors_path"], index_cfg,
+                                                          published["run_id"], extra))
+        gate = self._gate_config()
+        promo_cfg = self.cfg.get("promotion", {})
+        promo = self._step("promote", {"export": export_res.fingerprint, "promotion": promo_cfg,
+                                       "metrics": published["metrics_test"]},
+                           lambda: steps.promote_step(ctx, ds, export_res.outputs, published["metrics_test"], promo_cfg, gate))
+        self.record.update(bundle_version=export_res.outputs["version"], promotion=promo.outputs, metrics=self.metrics)
+        self._write_record()
+        self._print_summary(publish, export_res.outputs, promo.outputs)
+        if not promo.outputs["promoted"]:
+            raise QualityGateError("the challenger did not pass the gates; the champion keeps serving: "
+                                   + "; ".join(r for r in promo.outputs["reasons"] if r.startswith("FAIL")))
+        return 0
+
+    def _gate_config(self) -> Any:
+        from recsys.promotion import GateConfig
+
+        p = self.cfg.get("promotion", {})
+        idx = self.cfg.get("index", {})
+        return GateConfig(metric=p.get("metric", "ndcg@10"), tolerance=float(p.get("tolerance", 0.02)),
+                          min_recall=float(idx.get("min_recall", 0.95)))
+
+    # -- report ----------------------------------------------------------------------------
+
+    def _print_summary(self, publish: str, bundle: dict[str, Any], promo: dict[str, Any]) -> None:
+        from recsys.evaluation import format_table
+
+        lines = ["", "Held-out evaluation (test split, train items excluded):",
+                 format_table(self.metrics, metrics=list(SUMMARY_METRICS)), "", "Steps:"]
+        for s in self.record.get("steps", []):
+            lines.append(f"  {s['name']:<22} {'ran' if s['ran'] else 'up to date':<11} {s['seconds']:8.1f} s")
+        lines += ["", f"Published model: {publish}; bundle {bundle['version']} "
+                      f"(index recall {bundle['recall']:.4f}); registered {promo['registered_model']} "
+                      f"v{promo['model_version']}: {'PROMOTED to champion' if promo['promoted'] else 'REFUSED'}"]
+        lines += [f"  {r}" for r in promo["reasons"]]
+        print("\n".join(lines), flush=True)

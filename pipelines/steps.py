@@ -1,0 +1,268 @@
+"""The steps of ``recsys run``, each a function from inputs to files on disk.
+
+Every step writes its outputs atomically into the run's output directory and returns a
+small JSON-able dict (paths end in ``_path``) that :class:`recsys.workflow.Workflow`
+records; the orchestration (order, fingerprints, lock, exit codes) lives in
+:mod:`pipelines.run`. Steps read their inputs back from disk rather than from memory, so a
+step skipped as up to date and a step that just ran hand the same thing downstream.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.data.dataset import Dataset
+from recsys.errors import ConfigError
+from recsys.io import read_json, sha256_file, write_json
+
+log = logging.getLogger("recsys.run")
+
+FACTOR_MODELS = ("als", "bpr", "two-tower")
+
+
+@dataclass
+class RunContext:
+    """What every step needs: where to write and where to track."""
+
+    out: Path
+    tracking_uri: str
+    experiment: str
+    seed: int
+    show_progress: bool = True
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.out / "dataset"
+
+
+def all_interactions(ds: Dataset) -> sp.csr_matrix:
+    """Every interaction of the dataset (train, valid, test and cold items) as one CSR.
+
+    The published model is refitted on this: tonight's index should know yesterday's
+    events, including those held out for evaluation.
+    """
+    return ds.matrix(*[s for s in ("train", "valid", "test", "test_cold") if s in ds.splits and ds.splits[s].height])
+
+
+def split_sha256(ds: Dataset) -> str:
+    """Hash of the test split file: champion and challenger compare on the same split."""
+    if ds.path is None:
+        raise ConfigError("dataset has no path; cannot hash its test split")
+    return sha256_file(ds.path / "test.parquet")
+
+
+# -- dataset -------------------------------------------------------------------------------
+
+
+def build_dataset_step(ctx: RunContext, build_config: Any) -> dict[str, Any]:
+    from recsys.data.build import build_dataset
+
+    ds = build_dataset(build_config, ctx.dataset_dir)
+    rows = ds.manifest.get("rows", {})
+    log.info("dataset: %d users x %d items; rows %s", ds.n_users, ds.n_items,
+             {k: rows.get(k) for k in ("in", "rejected", "out")})
+    return {"dataset_path": str(ctx.dataset_dir), "manifest_sha256": sha256_file(ctx.dataset_dir / "manifest.json"),
+            "n_users": ds.n_users, "n_items": ds.n_items}
+
+
+# -- models ----------------------------------------------------------------------------------
+
+
+def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], tune: dict[str, Any] | None) -> dict[str, Any]:
+    """Train one configured model on the train split, evaluate it once on test, track it."""
+    from pipelines.train import train_model
+
+    model_dir = ctx.out / "models" / name
+    res = train_model(ds, name, params, tracking_uri=ctx.tracking_uri, experiment=ctx.experiment, out_dir=model_dir,
+                      tune=bool(tune), space=tune or None, show_progress=ctx.show_progress)
+    model_path = model_dir / "model.npz"
+    if not model_path.exists():
+        res.model.save(model_path)
+    write_json(model_dir / "result.json", {"model": name, "params": _jsonable(res.params), "run_id": res.run_id,
+                                           "metrics_test": _jsonable(res.metrics_test),
+                                           "metrics_valid": _jsonable(res.metrics_valid)})
+    return {"result_path": str(model_dir / "result.json"), "model_path": str(model_path), "run_id": res.run_id}
+
+
+def load_result(step_outputs: dict[str, Any]) -> dict[str, Any]:
+    return read_json(step_outputs["result_path"])
+
+
+def refit_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], refit: bool, trained_model_path: str) -> dict[str, Any]:
+    """The published model: the selected hyperparameters refitted on every interaction."""
+    from recsys.models.base import Recommender
+
+    out = ctx.out / "models" / f"{name}-published" / "model.npz"
+    if not refit:
+        model = Recommender.load(trained_model_path)
+        model.save(out)
+        return {"model_path": str(out), "refit": False}
+    if name not in ("als", "bpr"):
+        log.warning("refit on all interactions is implemented for MF models; publishing %s as trained", name)
+        Recommender.load(trained_model_path).save(out)
+        return {"model_path": str(out), "refit": False}
+    from recsys.tuning import make_model
+
+    model = make_model(name, {k: v for k, v in params.items() if k not in ("eval_every",)})
+    log.info("refitting %s on all %d interactions with the selected hyperparameters", name, all_interactions(ds).nnz)
+    model.fit(all_interactions(ds))
+    model.save(out)
+    return {"model_path": str(out), "refit": True}
+
+
+# -- content ---------------------------------------------------------------------------------
+
+
+def content_step(ctx: RunContext, ds: Dataset, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Content vectors of every item; only new or changed texts are encoded (disk cache)."""
+    from recsys.embeddings.cache import EmbeddingCache
+    from recsys.embeddings.content import embed_items
+
+    text_cols = list(cfg.get("text_cols") or [c for c in ds.items.columns if c not in ("item_idx", "external_id")])
+    missing = [c for c in text_cols if c not in ds.items.columns]
+    if missing:
+        raise ConfigError(f"[content] text_cols {missing} are not item columns {ds.items.columns}")
+    encoder = make_encoder(cfg, ds, text_cols)
+    cache = EmbeddingCache(Path(cfg.get("cache_dir") or ctx.out / "cache" / "embeddings"))
+    vectors, stats = embed_items(ds.items, text_cols, encoder, cache=cache, n_items=ds.n_items,
+                                 show_progress=ctx.show_progress)
+    path = ctx.out / "content" / "item_content.npz"
+    from recsys.io import save_npz
+
+    save_npz(path, vectors=vectors.astype(np.float32))
+    log.info("content: %d items embedded with %s (%s)", len(vectors), encoder.model_id, stats)
+    return {"content_path": str(path), "encoder": encoder.model_id, "stats": _jsonable(stats)}
+
+
+def make_encoder(cfg: dict[str, Any], ds: Dataset, text_cols: list[str]) -> Any:
+    kind = cfg.get("encoder", "minilm")
+    if kind == "minilm":
+        from recsys.embeddings.encoders import MiniLMEncoder
+
+        return MiniLMEncoder(batch_size=int(cfg.get("batch_size", 64)))
+    if kind == "tfidf":
+        from recsys.embeddings.content import item_texts
+        from recsys.embeddings.encoders import TfidfSvdEncoder
+
+        enc = TfidfSvdEncoder(n_components=int(cfg.get("dim", 64)), random_state=int(cfg.get("seed", 0)))
+        return enc.fit(item_texts(ds.items, text_cols))
+    raise ConfigError(f"[content] encoder must be 'minilm' or 'tfidf' (the test double), got {kind!r}")
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.integer, np.floating)):
+        return x.item()
+    if hasattr(x, "as_dict"):
+        return _jsonable(x.as_dict())
+    return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
+
+
+# -- blend -----------------------------------------------------------------------------------
+
+
+def blend_step(ctx: RunContext, ds: Dataset, model_path: str, content_path: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
+    """One item-vector table for warm and cold items, with where each vector came from."""
+    from recsys.embeddings.blend import ContentBlender, ItemVectorTable
+    from recsys.io import load_npz
+    from recsys.models.base import Recommender
+
+    model = Recommender.load(model_path)
+    cf = np.asarray(model.item_factors_, np.float32)
+    counts = np.asarray((all_interactions(ds) > 0).sum(axis=0)).ravel()
+    path = ctx.out / "vectors" / "items.npz"
+    if content_path is None:
+        prov = np.where(counts > 0, "cf", "missing")
+        table = ItemVectorTable(np.where((counts > 0)[:, None], cf, 0.0), prov, (counts > 0).astype(np.float32), {"content": False})
+    else:
+        content = load_npz(content_path)["vectors"]
+        blender = ContentBlender(k=float(cfg.get("blend_k", 5.0)), mapper=cfg.get("mapper", "ridge"),
+                                 min_count=int(cfg.get("min_count", 5)))
+        blender.fit(content, cf, counts)
+        table = blender.transform(content, cf, counts)
+    table.save(path)
+    return {"vectors_path": str(path), "sources": table.counts()}
+
+
+# -- export ------------------------------------------------------------------------------------
+
+
+def export_step(ctx: RunContext, ds: Dataset, name: str, model_path: str, vectors_path: str, index_cfg: dict[str, Any],
+                run_id: str | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """Build and measure a new bundle (not yet published: promotion decides)."""
+    from recsys.embeddings.blend import ItemVectorTable
+    from recsys.models.base import Recommender
+    from recsys.serving.bundle import IndexConfig, export_bundle
+
+    model = Recommender.load(model_path)
+    table = ItemVectorTable.load(vectors_path)
+    seen = all_interactions(ds)
+    source = np.where(table.provenance == "missing", "content", table.provenance)
+    info = export_bundle(
+        ctx.out, item_vectors=table.vectors, item_ids=ds.item_map, user_vectors=np.asarray(model.user_factors_, np.float32),
+        user_ids=ds.user_map, seen=seen, similarity=getattr(model, "similarity", "dot"),
+        item_popularity=np.asarray(seen.getnnz(axis=0), np.float32), item_source=source,
+        config=IndexConfig.from_dict(index_cfg), run_id=run_id, extra_manifest=extra,
+        foldin=foldin_spec(model))
+    log.info("bundle %s: recall@%d %.4f at search_k %d, %.1f MB", info.version, info.recall_k, info.recall,
+             info.search_k, info.index_bytes / 1e6)
+    return {"bundle_path": str(info.path), "version": info.version, "metrics": info.metrics(), "recall": info.recall}
+
+
+def foldin_spec(model: Any) -> dict[str, Any]:
+    """How the retriever folds in a new user's history: ALS's closed form when it applies."""
+    if type(model).__name__ == "ALS":
+        return {"method": "als", "regularization": float(model.regularization), "alpha": float(getattr(model, "alpha", 1.0))}
+    return {"method": "mean"}
+
+
+# -- promote -----------------------------------------------------------------------------------
+
+
+def promote_step(ctx: RunContext, ds: Dataset, bundle: dict[str, Any], metrics_test: dict[str, float],
+                 cfg: dict[str, Any], gate: Any) -> dict[str, Any]:
+    """Register the bundle as a new model version; move ``champion`` only if the gates pass.
+
+    The decision is returned (and recorded by the workflow) rather than raised, so that a
+    rerun with nothing changed reports the same refusal without registering again; the
+    caller turns a refusal into exit code 3.
+    """
+    import mlflow
+
+    from recsys import promotion, tracking
+    from recsys.serving.mlflow_model import log_retriever_model
+    from recsys.serving.versions import publish
+
+    name = cfg.get("registered_model", "recsys")
+    alias = cfg.get("alias", "champion")
+    split = split_sha256(ds)
+    client = promotion._client(ctx.tracking_uri)
+    with tracking.start_run(ctx.tracking_uri, ctx.experiment, run_name=f"publish-{bundle['version']}",
+                            tags={"recsys.step": "promote", "recsys.bundle_version": bundle["version"]}) as run:
+        tracking.log_metrics({**{f"test_{k}": v for k, v in metrics_test.items() if isinstance(v, (int, float))},
+                              **bundle["metrics"]})
+        info = log_retriever_model(bundle["bundle_path"], registered_model_name=name)
+        version = str(info.registered_model_version)
+        promotion.tag_version(client, name, version, metrics_test, split, bundle["version"])
+        champ = promotion.champion_version(client, name, alias)
+        champ_metrics = promotion.version_metrics(champ) if champ is not None else None
+        same_split = champ is None or (champ.tags or {}).get(promotion.SPLIT_TAG) == split
+        decision = promotion.decide(metrics_test, champ_metrics, bundle.get("recall"), gate, same_split=same_split)
+        for line in decision.reasons:
+            log.info("gate: %s", line)
+        mlflow.set_tag("recsys.promoted", str(decision.passed).lower())
+        if decision.passed:
+            publish(ctx.out, bundle["version"])
+            promotion.promote(client, name, version, alias)
+    return {"promoted": decision.passed, "reasons": decision.reasons, "model_version": version,
+            "registered_model": name, "previous_champion": None if champ is None else str(champ.version),
+            "run_id": run.info.run_id, "bundle_version": bundle["version"]}

@@ -1,0 +1,313 @@
+"""Cold-start evaluation: are items nobody has interacted with yet retrieved at all?
+
+Why: collaborative filtering gives an item without interactions no usable vector, so it
+is never recommended. Content embeddings are supposed to fix that; this module measures
+whether they do, on a split where some items are held out *entirely* (all their
+interactions in ``test_cold``, none in train/valid/test).
+
+Methods compared (every one is expressed as user vectors x item vectors, so they share
+one ranking and metric code path, :func:`recsys.evaluation.evaluate`):
+
+``random``
+    Uniform random scores; the floor.
+``content_knn``
+    User profile = mean content embedding of the user's training items; item score =
+    cosine between profile and item content. Needs no CF model.
+``content_map``
+    CF user vectors; warm items keep their CF vectors, cold items get the ridge map of
+    their content into the CF space (:class:`~recsys.embeddings.blend.ContentBlender`
+    with ``k = 0``).
+``blended``
+    As ``content_map`` but warm items with few interactions move towards their mapped
+    content vector, ``w = n / (n + k)`` with ``k`` tuned on the validation split. For
+    cold items (``n = 0``) it equals ``content_map``; it differs on warm items.
+``two_tower`` (optional)
+    Vectors from a two-tower model whose item tower ran with the id embedding dropped
+    for cold items; passed in by the caller (``extra``), so this module does not
+    depend on the two-tower trainer.
+
+Each method is scored three ways: ``cold_only`` (the candidates are the cold items, the
+relevant items are each user's cold interactions), ``mixed`` (every item competes,
+relevant items are still the cold ones) and ``warm`` (the ordinary warm test split,
+blending on vs off: turning blending on must not hurt it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys.data.dataset import Dataset
+from recsys.data.idmap import IdMap
+from recsys.data.splits import SplitConfig, split
+from recsys.embeddings.blend import ContentBlender, ItemVectorTable
+from recsys.embeddings.encoders import l2_normalise
+from recsys.errors import InputError
+from recsys.evaluation import evaluate
+from recsys.models.base import FactorModel, Recommender
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
+
+
+class FixedVectors(FactorModel):
+    """A recommender over precomputed user and item vectors (scores are inner products).
+
+    Lets any method that ends in vectors (content profiles, mapped content, a blended
+    item table) be evaluated and served exactly like a trained factor model.
+    """
+
+    @classmethod
+    def from_vectors(cls, user_vectors: np.ndarray, item_vectors: np.ndarray, user_items: sp.spmatrix) -> FixedVectors:
+        """Wrap vectors; ``user_items`` gives what ``recommend(exclude_seen=True)`` removes."""
+        u = np.asarray(user_vectors, np.float32)
+        v = np.asarray(item_vectors, np.float32)
+        if u.ndim != 2 or v.ndim != 2 or u.shape[1] != v.shape[1]:
+            raise InputError(f"user and item vectors must be 2-D with equal width, got {u.shape} and {v.shape}")
+        if user_items.shape != (len(u), len(v)):
+            raise InputError(f"user_items has shape {user_items.shape}, expected {(len(u), len(v))}")
+        model = cls()
+        return model.fit(user_items, user_vectors=u, item_vectors=v)  # type: ignore[return-value]
+
+    def _fit(self, user_items: sp.csr_matrix, **kwargs: Any) -> None:
+        self.user_factors_ = kwargs["user_vectors"]
+        self.item_factors_ = kwargs["item_vectors"]
+
+
+class RandomScores(Recommender):
+    """Uniform random scores, reproducible per (seed, batch of users); the floor to beat."""
+
+    def __init__(self, random_state: int = 0) -> None:
+        self.random_state = random_state
+
+    def _fit(self, user_items: sp.csr_matrix, **kwargs: Any) -> None:
+        pass
+
+    def _score(self, user_indices: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng([self.random_state, int(user_indices[0]) if len(user_indices) else 0, len(user_indices)])
+        return rng.random((len(user_indices), self.n_items_), dtype=np.float32)
+
+
+def user_content_profiles(user_items: sp.spmatrix, content: np.ndarray) -> np.ndarray:
+    """Unit-norm mean content vector of each user's items (binary: ratings are ignored).
+
+    Users without history, or whose items all lack content, get zero rows.
+    """
+    m = sp.csr_matrix(user_items)
+    content = np.asarray(content, np.float32)
+    if m.shape[1] != len(content):
+        raise InputError(f"user_items has {m.shape[1]} item columns but content has {len(content)} rows")
+    b = m.copy()
+    b.data = np.ones_like(b.data, dtype=np.float32)
+    return l2_normalise(np.asarray(b @ content, np.float32))
+
+
+def build_cold_start_dataset(
+    interactions: pl.DataFrame,
+    items: pl.DataFrame | None = None,
+    cold_frac: float = 0.1,
+    min_interactions: int = 5,
+    test_frac: float = 0.2,
+    valid_frac: float = 0.1,
+    seed: int = 0,
+) -> Dataset:
+    """A :class:`Dataset` with a cold-item holdout, from raw ``user``/``item`` tables.
+
+    Uses the spine's seeded split (:func:`recsys.data.splits.split`): ``cold_frac`` of the
+    items with at least ``min_interactions`` interactions go entirely to ``test_cold``;
+    the rest is split per user at random into train/valid/test.
+
+    Parameters
+    ----------
+    interactions : polars.DataFrame
+        Columns ``user``, ``item`` and optionally ``weight`` (default 1) and ``timestamp``.
+    items : polars.DataFrame, optional
+        Item metadata with an ``item`` column (external id) and text columns. Items in it
+        without interactions are added to the catalogue (they are cold by construction).
+    """
+    for c in ("user", "item"):
+        if c not in interactions.columns:
+            raise InputError(f"interactions need a {c!r} column, got {interactions.columns}")
+    df = interactions.with_columns(pl.col("user").cast(pl.Utf8), pl.col("item").cast(pl.Utf8))
+    if "weight" not in df.columns:
+        df = df.with_columns(weight=pl.lit(1.0, pl.Float32))
+    users = IdMap(sorted(df["user"].unique().to_list()), "user")
+    item_ids = sorted(df["item"].unique().to_list())
+    if items is not None:
+        if "item" not in items.columns:
+            raise InputError(f"item metadata needs an 'item' column, got {items.columns}")
+        extra = set(items["item"].cast(pl.Utf8).to_list()) - set(item_ids)
+        item_ids += sorted(extra)
+    imap = IdMap(item_ids, "item")
+    cols = ["user_idx", "item_idx", "weight"] + (["timestamp"] if "timestamp" in df.columns else [])
+    df = df.with_columns(
+        user_idx=pl.Series(users.to_index(df["user"].to_list()), dtype=pl.Int32),
+        item_idx=pl.Series(imap.to_index(df["item"].to_list()), dtype=pl.Int32),
+        weight=pl.col("weight").cast(pl.Float32),
+    ).select(cols).sort("user_idx", "item_idx")
+    parts = split(df, SplitConfig("random", test_frac=test_frac, valid_frac=valid_frac, cold_item_frac=cold_frac,
+                                  cold_min_interactions=min_interactions, seed=seed))
+    meta = pl.DataFrame({"item_idx": np.arange(len(imap), dtype=np.int32), "external_id": imap.ids})
+    if items is not None:
+        meta = meta.join(items.with_columns(pl.col("item").cast(pl.Utf8)).rename({"item": "external_id"}), on="external_id", how="left")
+    manifest = {"split": {"strategy": "random", "test_frac": test_frac, "valid_frac": valid_frac, "cold_item_frac": cold_frac,
+                          "cold_min_interactions": min_interactions, "seed": seed}}
+    return Dataset(parts, users, imap, meta, manifest)
+
+
+@dataclass
+class ColdStartReport:
+    """Metrics per scenario and method, plus the facts needed to read them.
+
+    ``results[scenario][method]`` is an :func:`~recsys.evaluation.evaluate` dict; the
+    scenarios are ``cold_only``, ``mixed`` and ``warm``.
+    """
+
+    results: dict[str, dict[str, dict[str, float]]]
+    k: float
+    cold_scale: float
+    k_scores: dict[tuple[float, float], float]
+    n_cold_items: int
+    table_counts: dict[str, int]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"results": self.results, "k": self.k, "cold_scale": self.cold_scale,
+                "k_scores": {f"k={k:g},scale={s:g}": v for (k, s), v in self.k_scores.items()},
+                "n_cold_items": self.n_cold_items, "table_counts": self.table_counts}
+
+
+def _cold_items(ds: Dataset) -> np.ndarray:
+    cold = np.unique(ds.split("test_cold")["item_idx"].to_numpy()).astype(np.int64)
+    if cold.size == 0:
+        raise InputError("the dataset has no test_cold interactions; build it with a cold-item fraction > 0")
+    seen = ds.interaction_counts("train", "valid", "test")
+    if (seen[cold] > 0).any():
+        raise InputError("some test_cold items also occur in train/valid/test; they are not cold")
+    return cold
+
+
+def evaluate_cold_start(
+    ds: Dataset,
+    content: np.ndarray,
+    cf_user_vectors: np.ndarray,
+    cf_item_vectors: np.ndarray,
+    blender: ContentBlender | None = None,
+    k_grid: Sequence[float] = (0, 1, 2, 5, 10, 20, 50),
+    scale_grid: Sequence[float] = (0.25, 0.5, 1.0),
+    extra: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    tune_metric: str = "ndcg@20",
+    seed: int = 0,
+) -> ColdStartReport:
+    """Compare the cold-start methods of the module docstring on ``ds``.
+
+    Parameters
+    ----------
+    ds : Dataset
+        With non-empty ``train``, ``valid``, ``test`` and ``test_cold`` splits.
+    content : float32 (n_items, d)
+        Content embeddings by ``item_idx`` (zero rows = no content).
+    cf_user_vectors, cf_item_vectors : float32 arrays
+        A CF model fitted on ``ds.matrix("train")`` (e.g. ALS ``user_factors_`` and
+        ``item_factors_``).
+    blender : ContentBlender, optional
+        Unfitted; default ridge map. ``k`` and ``cold_scale`` are tuned on ``valid`` over
+        ``k_grid`` x ``scale_grid`` (``content_map`` stays at k=0, scale 1: the raw map).
+    extra : mapping name -> (user_vectors, item_vectors), optional
+        More methods, e.g. ``{"two_tower": (U, V)}`` with ``V`` from the item tower run
+        with the id dropped for cold items.
+    tune_metric : str
+        Validation metric maximised when choosing ``k``.
+    """
+    cold = _cold_items(ds)
+    n_items = ds.n_items
+    content = np.asarray(content, np.float32)
+    if content.shape[0] != n_items or cf_item_vectors.shape[0] != n_items or cf_user_vectors.shape[0] != ds.n_users:
+        raise InputError("content, CF item and CF user vectors must have n_items / n_items / n_users rows")
+    train = ds.matrix("train")
+    valid = ds.matrix("valid")
+    seen_test = ds.matrix("train", "valid")
+    test_cold = ds.matrix("test_cold")
+    test_warm = ds.matrix("test")
+    counts = ds.interaction_counts("train")
+    warm_items = np.flatnonzero(~np.isin(np.arange(n_items), cold))
+
+    blender = blender or ContentBlender()
+    blender.fit(content, cf_item_vectors, counts)
+    mapped = blender.map_content(content)
+
+    def table_metric(table: ItemVectorTable) -> float:
+        model = FixedVectors.from_vectors(cf_user_vectors, table.vectors, train)
+        return evaluate(model, train, valid, ks=ks)[tune_metric]
+
+    k_scores = blender.tune(content, cf_item_vectors, counts, table_metric, k_grid=k_grid, scale_grid=scale_grid)
+    k_best = float(blender.k)
+    plain = blender.transform(content, cf_item_vectors, counts, k=0.0, mapped=mapped, cold_scale=1.0)
+    blended = blender.transform(content, cf_item_vectors, counts, mapped=mapped)
+
+    profiles = user_content_profiles(train, content)
+    methods: dict[str, Recommender] = {
+        "random": RandomScores(seed).fit(train),
+        "content_knn": FixedVectors.from_vectors(profiles, content, train),
+        "content_map": FixedVectors.from_vectors(cf_user_vectors, plain.vectors, train),
+        "blended": FixedVectors.from_vectors(cf_user_vectors, blended.vectors, train),
+    }
+    for name, (u, v) in (extra or {}).items():
+        methods[name] = FixedVectors.from_vectors(u, v, train)
+
+    cold_users = np.flatnonzero(np.diff(test_cold.indptr) > 0)
+    results: dict[str, dict[str, dict[str, float]]] = {"cold_only": {}, "mixed": {}, "warm": {}}
+    for name, model in methods.items():
+        results["cold_only"][name] = evaluate(model, seen_test, test_cold, ks=ks, users=cold_users, candidates=cold)
+        results["mixed"][name] = evaluate(model, seen_test, test_cold, ks=ks, users=cold_users)
+    cf_only = FixedVectors.from_vectors(cf_user_vectors, cf_item_vectors, train)
+    results["warm"]["blend_off"] = evaluate(cf_only, seen_test, test_warm, ks=ks, candidates=warm_items)
+    results["warm"]["blend_on"] = evaluate(methods["blended"], seen_test, test_warm, ks=ks)
+    results["warm"]["blend_on_warm_candidates"] = evaluate(methods["blended"], seen_test, test_warm, ks=ks, candidates=warm_items)
+    log.info("cold-start: %d cold items, %d cold users, k=%g, cold_scale=%g", len(cold), len(cold_users), k_best, blender.cold_scale)
+    return ColdStartReport(results, k_best, float(blender.cold_scale), k_scores, int(len(cold)), blended.counts())
+
+
+def als_vectors(train: sp.spmatrix, factors: int = 64, regularization: float = 10.0, iterations: int = 15,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """User and item vectors of implicit ALS fitted on ``train`` (the CF space to blend into).
+
+    Uses :class:`recsys.models.als.ALS` when available, else ``implicit`` directly (same
+    solver), so the evaluation does not depend on the model wrapper's state.
+    """
+    try:
+        from recsys.models.als import ALS
+    except ImportError:  # pragma: no cover - wrapper missing: same solver, called directly
+        from implicit.als import AlternatingLeastSquares
+
+        m = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations, random_state=seed)
+        m.fit(sp.csr_matrix(train, dtype=np.float32), show_progress=False)
+        return np.asarray(m.user_factors, np.float32), np.asarray(m.item_factors, np.float32)
+    model = ALS(factors=factors, regularization=regularization, iterations=iterations, random_state=seed, device="cpu")
+    model.fit(train)
+    return model.user_factors_, model.item_factors_
+
+
+def two_tower_vectors(ds: Dataset, content: np.ndarray, **params: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two-tower vectors with id dropout; items without training interactions get the
+    item tower's content-only vector (id embedding dropped). ``None`` if the model is
+    unavailable, so the cold-start table is still produced without it.
+    """
+    try:
+        from recsys.models.two_tower import TwoTower
+    except ImportError as e:
+        log.warning("two-tower skipped: %s", e)
+        return None
+    params = {"item_id_dropout": 0.5, "epochs": 10, "device": "cpu", **params}
+    model = TwoTower(**params).fit(ds.matrix("train"), pairs=ds.split("train"), item_features=np.asarray(content, np.float32))
+    items = np.array(model.item_factors_, np.float32, copy=True)
+    cold = ds.interaction_counts("train") == 0
+    items[cold] = model.item_vectors(drop_ids=True)[cold]
+    return np.asarray(model.user_factors_, np.float32), items

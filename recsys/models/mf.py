@@ -1,0 +1,240 @@
+"""Matrix factorization on implicit feedback: the fit loop shared by ALS and BPR.
+
+The models themselves live in :mod:`recsys.models.als` and :mod:`recsys.models.bpr`;
+this module holds what they share (device switch, validation every N iterations with
+best-iteration restore, fold-in input checks).
+
+Why wrap ``implicit`` rather than call it: on its own it has no validation-based model
+selection, no fold-in for BPR, a device switch per factory call, and GPU factor matrices
+that are not numpy. These classes add, at negligible cost (see
+``benchmarks/bench_mf_overhead.py``):
+
+* the common :class:`~recsys.models.base.FactorModel` interface (float32 numpy factors,
+  ``recommend`` / ``save`` / ``load`` without pickle);
+* one ``device="auto"|"cpu"|"cuda"`` argument resolved via ``implicit.gpu.HAS_CUDA``;
+* confidence weighting (:mod:`recsys.models.weighting`);
+* evaluation every ``eval_every`` iterations on a validation callable, keeping the best
+  iteration's factors and optionally stopping early;
+* fold-in of a new or changed user's history (:meth:`ALS.recalculate_user`,
+  :meth:`BPR.recalculate_user`).
+
+Both fit with OpenBLAS/MKL limited to one thread while ``implicit`` runs its own
+OpenMP threads; ``implicit`` recommends this because the two thread pools otherwise
+oversubscribe the cores (it warns at construction).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.errors import ConfigError, InputError
+from recsys.models.base import FactorModel
+
+log = logging.getLogger(__name__)
+
+#: ``validation(model) -> metrics``; called with the current factors in place
+Validation = Callable[["MFModel"], Mapping[str, float]]
+#: ``on_eval(iteration, metrics)``; e.g. log a curve point to MLflow
+OnEval = Callable[[int, Mapping[str, float]], None]
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_use_gpu(device: str) -> bool:
+    """Turn ``device`` into implicit's ``use_gpu`` flag.
+
+    ``"auto"`` uses the GPU when ``implicit`` was built with CUDA and a GPU is visible;
+    ``"cuda"`` insists and raises :class:`~recsys.errors.ConfigError` otherwise, because
+    silently training on the CPU when a GPU was asked for hides a broken install.
+    """
+    if device not in DEVICES:
+        raise ConfigError(f"device must be one of {DEVICES}, got {device!r}")
+    import implicit.gpu
+
+    has_cuda = bool(implicit.gpu.HAS_CUDA)
+    if device == "cuda" and not has_cuda:
+        raise ConfigError(
+            "device='cuda' was requested but implicit has no CUDA support here "
+            "(implicit.gpu.HAS_CUDA is False: the PyPI wheel is CPU-only, or no GPU is visible); "
+            "install implicit with CUDA (e.g. `conda install -c conda-forge implicit implicit-proc=*=gpu`) "
+            "or use device='cpu' / 'auto'"
+        )
+    use_gpu = has_cuda and device != "cpu"
+    log.debug("device=%r -> %s", device, "cuda" if use_gpu else "cpu")
+    return use_gpu
+
+
+def _to_numpy(x: Any, copy: bool = False) -> np.ndarray:
+    """Factors of an implicit model (numpy on CPU, ``implicit.gpu.Matrix`` on GPU) as float32.
+
+    ``copy=True`` is needed for snapshots taken during fitting: on the CPU implicit
+    updates its factor arrays in place, so a view would silently follow later iterations.
+    """
+    if hasattr(x, "to_numpy"):
+        return np.ascontiguousarray(x.to_numpy(), dtype=np.float32)
+    if copy:
+        return np.array(x, dtype=np.float32, order="C", copy=True)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+class _StopFit(Exception):
+    """Raised from the per-iteration callback to stop implicit's loop early."""
+
+
+def _blas_one_thread() -> Any:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+class MFModel(FactorModel):
+    """Shared fit loop of :class:`ALS` and :class:`BPR` (validation, best iteration)."""
+
+    def _check_common(self) -> None:
+        for name in ("factors", "iterations"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        if not self.regularization >= 0:
+            raise ConfigError(f"regularization must be >= 0, got {self.regularization!r}")
+
+    def _make_implicit(self, use_gpu: bool) -> Any:
+        raise NotImplementedError
+
+    def _implicit_kwargs(self, use_gpu: bool, *names: str) -> dict[str, Any]:
+        """Constructor arguments for implicit: the named hyperparameters plus the shared ones.
+
+        ``num_threads`` exists only on implicit's CPU models, so it is passed for the CPU only.
+        """
+        kw: dict[str, Any] = {n: getattr(self, n) for n in ("factors", "regularization", "iterations", *names)}
+        kw.update(random_state=self.random_state, use_gpu=use_gpu)
+        if not use_gpu:
+            kw["num_threads"] = self.num_threads
+        return kw
+
+    def _prepare(self, user_items: sp.csr_matrix) -> sp.csr_matrix:
+        return user_items
+
+    def _fit(
+        self,
+        user_items: sp.csr_matrix,
+        validation: Validation | None = None,
+        eval_every: int = 5,
+        metric: str = "ndcg@10",
+        patience: int | None = None,
+        on_eval: OnEval | None = None,
+    ) -> None:
+        """Fit; with ``validation``, evaluate every ``eval_every`` iterations and keep the best.
+
+        Parameters
+        ----------
+        validation : callable, optional
+            ``validation(model) -> dict`` of metrics computed with the current factors
+            (e.g. :func:`validation_scorer`). Must not look at the test split.
+        eval_every : int
+            Evaluate after every this many iterations (and always after the last).
+        metric : str
+            Key of the validation dict to maximise.
+        patience : int, optional
+            Stop after this many evaluations without improvement (early stopping).
+        on_eval : callable, optional
+            ``on_eval(iteration, metrics)`` after each evaluation (1-based iteration).
+        """
+        self._check_common()
+        if validation is not None and (isinstance(eval_every, bool) or not isinstance(eval_every, int) or eval_every <= 0):
+            raise ConfigError(f"eval_every must be a positive integer, got {eval_every!r}")
+        use_gpu = resolve_use_gpu(self.device)
+        self.user_items_ = user_items  # recommend() during validation excludes seen items
+        self.history_: list[dict[str, float]] = []
+        self.best_iteration_ = int(self.iterations)
+        self.best_score_ = float("nan")
+        data = self._prepare(user_items)
+        with _blas_one_thread():
+            impl = self._make_implicit(use_gpu)
+            callback = None
+            best: dict[str, Any] = {}
+            if validation is not None:
+                state = {"since_best": 0}
+
+                def callback(iteration: int, *_: Any) -> None:
+                    it = iteration + 1
+                    if it % eval_every and it != self.iterations:
+                        return
+                    self.user_factors_ = _to_numpy(impl.user_factors, copy=True)
+                    self.item_factors_ = _to_numpy(impl.item_factors, copy=True)
+                    metrics = dict(validation(self))
+                    if metric not in metrics:
+                        raise ConfigError(f"validation returned no {metric!r}; it has {sorted(metrics)}")
+                    score = float(metrics[metric])
+                    self.history_.append({"iteration": it, **{k: float(v) for k, v in metrics.items()}})
+                    if on_eval is not None:
+                        on_eval(it, metrics)
+                    log.info("iteration %d: validation %s=%.4f", it, metric, score)
+                    if not best or score > best["score"]:
+                        best.update(score=score, it=it, u=self.user_factors_, v=self.item_factors_)
+                        state["since_best"] = 0
+                    else:
+                        state["since_best"] += 1
+                        if patience is not None and state["since_best"] >= patience:
+                            raise _StopFit
+
+            try:
+                impl.fit(data, show_progress=self.show_progress, callback=callback)
+            except _StopFit:
+                log.info("early stop at iteration %d (best %d)", self.history_[-1]["iteration"], best["it"])
+        if best:
+            self.user_factors_, self.item_factors_ = best["u"], best["v"]
+            self.best_iteration_, self.best_score_ = best["it"], best["score"]
+        else:
+            self.user_factors_ = _to_numpy(impl.user_factors)
+            self.item_factors_ = _to_numpy(impl.item_factors)
+        if not (np.isfinite(self.user_factors_).all() and np.isfinite(self.item_factors_).all()):
+            raise InputError(
+                f"{type(self).__name__} produced NaN/inf factors; lower learning_rate/alpha or raise regularization"
+            )
+
+    def _check_history(self, item_indices: Any, weights: Any) -> tuple[np.ndarray, np.ndarray]:
+        self._check_fitted()
+        items = np.atleast_1d(np.asarray(item_indices))
+        if items.size == 0:
+            raise InputError("cannot fold in a user with an empty history; use a popularity fallback")
+        if items.dtype.kind not in "iu":
+            raise InputError(f"item indices must be integers, got dtype {items.dtype}")
+        items = items.astype(np.int64)
+        if items.min() < 0 or items.max() >= self.n_items_:
+            raise InputError(f"item index out of range [0, {self.n_items_})")
+        w = np.ones(len(items), np.float32) if weights is None else np.asarray(weights, np.float32).ravel()
+        if w.shape != items.shape:
+            raise InputError(f"weights has {w.size} values for {items.size} items")
+        if not np.isfinite(w).all() or (w < 0).any():
+            raise InputError("fold-in weights must be finite and >= 0")
+        row = sp.csr_matrix((w, (np.zeros(len(items), np.int64), items)), shape=(1, self.n_items_), dtype=np.float32)
+        row.sum_duplicates()
+        row.eliminate_zeros()
+        if row.nnz == 0:
+            raise InputError("cannot fold in a user whose weights are all zero")
+        return row.indices.astype(np.int64), row.data
+
+
+def validation_scorer(
+    train: sp.csr_matrix,
+    valid: sp.csr_matrix,
+    ks: tuple[int, ...] = (10,),
+    users: np.ndarray | None = None,
+) -> Validation:
+    """A ``validation`` callable for :meth:`MFModel.fit`: metrics on the validation split.
+
+    Train items are excluded from the ranking; ``users`` can subsample the evaluated
+    users to keep frequent evaluation cheap. Never pass the test split here.
+    """
+    from recsys.evaluation import evaluate
+
+    def score(model: MFModel) -> Mapping[str, float]:
+        return evaluate(model, train, valid, ks=ks, users=users)
+
+    return score

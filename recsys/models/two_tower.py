@@ -1,0 +1,475 @@
+"""The two-tower retrieval model as a :class:`~recsys.models.base.Recommender`.
+
+A user tower (id + pooled recent history + user features) and an item tower (id +
+projected content features) trained with the in-batch sampled softmax of
+:mod:`recsys.models.losses`. After ``fit`` it is a :class:`FactorModel` like ALS:
+``user_factors_`` / ``item_factors_`` are float32 arrays (L2-normalised, so
+``similarity="cosine"``) that the index, the content blend and the retriever use
+unchanged. Unlike MF it also embeds what it never trained on:
+
+* :meth:`TwoTower.user_vectors_from_history` / :meth:`~TwoTower.recalculate_user`: a
+  new user from their history alone (the id embedding is dropped; train with
+  ``user_id_dropout > 0`` so the tower has learned that path);
+* :meth:`TwoTower.item_vectors` with ``drop_ids=True``: items from their content
+  features alone (cold items; train with ``item_id_dropout > 0``). Items without any
+  training interaction are exported that way automatically.
+
+Persistence: :meth:`save` writes one ``.npz`` (factors, histories and the net's tensors,
+no pickle), readable by :meth:`Recommender.load`; :meth:`save_checkpoint` /
+:meth:`load_checkpoint` write the trainer's ``model.pt`` + ``config.json`` pair.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys.errors import ConfigError, InputError
+from recsys.models.base import FactorModel
+
+log = logging.getLogger(__name__)
+
+__all__ = ["TwoTower", "TwoTowerConfig"]
+
+_NET = "net."  # prefix of the net's tensors inside a saved .npz
+
+
+@dataclass
+class TwoTowerConfig:
+    """Every hyperparameter of :class:`TwoTower` (stored with each checkpoint and ``.npz``).
+
+    Architecture: ``dim`` output size; ``user_id_dim`` / ``item_id_dim`` id-embedding
+    sizes (0 = id-free tower); ``history_dim`` / ``history_len`` / ``pooling`` ("mean" or
+    "attention") for the user's last ``history_len`` items; ``hidden`` MLP sizes;
+    ``dropout``; ``normalize`` (cosine scores); ``sparse`` (sparse id-embedding gradients
+    trained with SparseAdam: use it for large tables).
+    Loss: ``temperature``; ``logq`` correction; ``remove_accidental_hits``;
+    ``n_negatives`` extra uniform negatives per step; ``use_weights`` (weigh pairs by the
+    interaction weight instead of 1).
+    Training: ``epochs``, ``batch_size`` (global, over all processes), ``lr``,
+    ``sparse_lr`` (SparseAdam; default ``lr``), ``weight_decay`` (AdamW), id dropout
+    rates, early stopping on validation ``metric`` every ``eval_every`` epochs with
+    ``patience``, ``seed``, ``device`` ("auto"|"cpu"|"cuda"), ``amp`` (bfloat16 autocast
+    on GPU), ``show_progress``.
+    """
+
+    dim: int = 64
+    user_id_dim: int = 64
+    item_id_dim: int = 64
+    history_dim: int = 64
+    history_len: int = 50
+    pooling: str = "mean"
+    hidden: list[int] = field(default_factory=lambda: [128])
+    dropout: float = 0.0
+    normalize: bool = True
+    sparse: bool = False
+    temperature: float = 0.1
+    logq: bool = True
+    remove_accidental_hits: bool = True
+    n_negatives: int = 0
+    use_weights: bool = False
+    epochs: int = 20
+    batch_size: int = 1024
+    lr: float = 3e-3
+    sparse_lr: float | None = None
+    weight_decay: float = 0.0
+    user_id_dropout: float = 0.1
+    item_id_dropout: float = 0.1
+    metric: str = "ndcg@10"
+    eval_every: int = 1
+    patience: int | None = 3
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    show_progress: bool = False
+
+    def validate(self) -> None:
+        """Raise :class:`ConfigError` naming the first invalid value."""
+        for name in ("dim", "history_len", "epochs", "batch_size", "eval_every"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
+        for name in ("user_id_dim", "item_id_dim", "history_dim", "n_negatives"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
+        for name in ("dropout", "user_id_dropout", "item_id_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not self.temperature > 0 or not self.lr > 0:
+            raise ConfigError(f"temperature and lr must be positive, got {self.temperature!r}, {self.lr!r}")
+        if self.patience is not None and self.patience <= 0:
+            raise ConfigError(f"patience must be a positive integer or None, got {self.patience!r}")
+
+
+class TwoTower(FactorModel):
+    """Two-tower retrieval model; hyperparameters are the fields of :class:`TwoTowerConfig`.
+
+    ``TwoTower(dim=64, epochs=10).fit(train_csr, pairs=train_df, validation=...)``.
+    Unknown keyword arguments raise :class:`ConfigError` listing the valid ones.
+    """
+
+    similarity = "cosine"
+
+    def __init__(self, **params: Any) -> None:
+        names = {f.name for f in dataclasses.fields(TwoTowerConfig)}
+        unknown = sorted(set(params) - names)
+        if unknown:
+            raise ConfigError(f"unknown TwoTower parameters {unknown}; valid ones: {sorted(names)}")
+        for k, v in dataclasses.asdict(TwoTowerConfig(**params)).items():
+            setattr(self, k, list(v) if isinstance(v, tuple) else v)
+
+    def get_params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(TwoTowerConfig)}
+
+    @property
+    def config(self) -> TwoTowerConfig:
+        """The hyperparameters as a :class:`TwoTowerConfig`."""
+        return TwoTowerConfig(**self.get_params())
+
+    # -- fitting ---------------------------------------------------------------------------
+    def _fit(
+        self,
+        user_items: sp.csr_matrix,
+        *,
+        pairs: pl.DataFrame | None = None,
+        item_features: np.ndarray | None = None,
+        user_categorical: np.ndarray | None = None,
+        user_dense: np.ndarray | None = None,
+        validation: Callable[[TwoTower], Mapping[str, float]] | None = None,
+        on_epoch: Callable[[int, Mapping[str, float]], None] | None = None,
+        checkpoint_dir: str | os.PathLike | None = None,
+    ) -> None:
+        """Train on ``user_items`` (or on ``pairs``, the train split table, when given).
+
+        Parameters
+        ----------
+        pairs : polars.DataFrame, optional
+            The train split (``user_idx``, ``item_idx``[, ``weight``, ``timestamp``]); with a
+            timestamp, histories are each user's *most recent* items. Default: the stored
+            entries of ``user_items`` in column order.
+        item_features : float array (n_items, F), optional
+            Item content (content embeddings, multi-hot genres); required for cold items.
+        user_categorical : int array (n_users, C), optional
+            Categorical user features ``0..card-1`` (``-1`` unknown), e.g. age bucket,
+            gender, occupation.
+        user_dense : float array (n_users, D), optional
+            Scaled numeric user features.
+        validation : callable, optional
+            ``validation(model) -> metrics`` with the current vectors; drives early
+            stopping on ``metric`` (never pass the test split).
+        on_epoch : callable, optional
+            ``on_epoch(epoch, metrics)``: loss, samples/s, ``valid_*`` (e.g. MLflow logging).
+        checkpoint_dir : path, optional
+            Where the best weights are checkpointed during training.
+        """
+        import torch
+
+        from recsys.data.interactions import user_histories
+        from recsys.device import resolve_device
+        from recsys.models.distributed import DistInfo
+        from recsys.models.trainer import TrainData, Trainer
+
+        cfg = self.config
+        cfg.validate()
+        n_users, n_items = user_items.shape
+        if pairs is None:
+            coo = user_items.tocoo()
+            pairs = pl.DataFrame({"user_idx": coo.row, "item_idx": coo.col, "weight": coo.data})
+        missing = {"user_idx", "item_idx"} - set(pairs.columns)
+        if missing:
+            raise InputError(f"pairs is missing columns {sorted(missing)}")
+        if pairs.height == 0:
+            raise InputError("no training pairs: the train split is empty")
+        u, it = pairs["user_idx"].to_numpy().astype(np.int64), pairs["item_idx"].to_numpy().astype(np.int64)
+        if u.min() < 0 or u.max() >= n_users or it.min() < 0 or it.max() >= n_items:
+            raise InputError(f"pairs hold indices outside the matrix shape {user_items.shape}")
+        weights = None
+        if cfg.use_weights and "weight" in pairs.columns:
+            weights = pairs["weight"].to_numpy().astype(np.float32)
+        hist, _ = user_histories(pairs, n_users, cfg.history_len)
+        self._arch = self._arch_from(n_users, n_items, item_features, user_categorical, user_dense)
+        self.histories_ = hist
+        self.user_categorical_ = _opt_array(user_categorical, np.int64, n_users, "user_categorical")
+        self.user_dense_ = _opt_array(user_dense, np.float32, n_users, "user_dense")
+        self.item_counts_ = np.bincount(it, minlength=n_items).astype(np.int64)
+        self.user_items_ = user_items
+        self.device_ = resolve_device(cfg.device)
+        torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
+        self.net_ = self._build_net(item_features).to(self.device_)
+        data = TrainData(u, it, weights, hist, self.user_categorical_, self.user_dense_, n_items)
+        trainer = Trainer(self.net_, cfg, self.device_, DistInfo.current())
+        evaluate = None
+        if validation is not None:
+
+            def evaluate(epoch: int) -> Mapping[str, float]:
+                self._export()
+                return validation(self)
+
+        self.history_ = trainer.fit(
+            data, evaluate, on_epoch, checkpoint_dir, {"config": self.get_params(), "arch": self._arch}, cfg.show_progress
+        )
+        self.best_epoch_, self.best_score_ = trainer.best_epoch, trainer.best_score
+        self._export()
+
+    @staticmethod
+    def _arch_from(n_users: int, n_items: int, item_features: Any, cat: Any, dense: Any) -> dict[str, Any]:
+        f = None if item_features is None else np.asarray(item_features)
+        if f is not None and (f.ndim != 2 or f.shape[0] != n_items or not np.isfinite(f).all()):
+            raise InputError(f"item_features must be a finite float array of shape ({n_items}, F), got {f.shape}")
+        c = None if cat is None else np.asarray(cat)
+        if c is not None and c.dtype.kind not in "iu":
+            raise InputError(f"user_categorical must hold integers (-1 = unknown), got dtype {c.dtype}")
+        return {
+            "n_users": int(n_users),
+            "n_items": int(n_items),
+            "item_feature_dim": 0 if f is None else int(f.shape[1]),
+            "cat_cardinalities": [] if c is None else [int(c[:, j].max(initial=-1)) + 1 for j in range(c.shape[1])],
+            "dense_dim": 0 if dense is None else int(np.asarray(dense).shape[1]),
+        }
+
+    def _build_net(self, item_features: np.ndarray | None) -> Any:
+        import torch
+
+        from recsys.models.towers import ItemTower, TwoTowerNet, UserTower
+
+        a, c = self._arch, self.config
+        feats = None
+        if a["item_feature_dim"]:
+            src = np.zeros((a["n_items"], a["item_feature_dim"]), np.float32) if item_features is None else item_features
+            feats = torch.as_tensor(np.asarray(src, np.float32))
+        user = UserTower(
+            a["n_users"], a["n_items"], c.dim, id_dim=c.user_id_dim, history_dim=c.history_dim, history_len=c.history_len,
+            pooling=c.pooling, cat_cardinalities=a["cat_cardinalities"], dense_dim=a["dense_dim"], hidden=c.hidden,
+            dropout=c.dropout, normalize=c.normalize, sparse=c.sparse,
+        )  # fmt: skip
+        item = ItemTower(
+            a["n_items"], c.dim, id_dim=c.item_id_dim, features=feats, hidden=c.hidden, dropout=c.dropout,
+            normalize=c.normalize, sparse=c.sparse,
+        )  # fmt: skip
+        return TwoTowerNet(user, item)
+
+    # -- inference -------------------------------------------------------------------------
+    def _check_net(self) -> None:
+        self._check_fitted()
+        if not hasattr(self, "net_"):
+            raise InputError("this TwoTower has vectors but no network weights; load it from its .npz or checkpoint")
+
+    def _export(self, batch_size: int = 4096) -> None:
+        """Recompute ``user_factors_`` / ``item_factors_`` from the current weights."""
+        n_users = self.histories_.shape[0]
+        users = np.arange(n_users)
+        self.user_factors_ = self._user_vectors(users, self.histories_, self.user_categorical_, self.user_dense_, False)
+        drop = self.item_counts_ == 0 if self._arch["item_feature_dim"] else None  # untrained ids: content only
+        self.item_factors_ = self._item_vectors(np.arange(self._arch["n_items"]), None, drop, batch_size)
+
+    def _run(self, fn: Callable[..., Any], n: int, batch_size: int = 4096) -> np.ndarray:
+        import torch
+
+        self.net_.eval()
+        out = []
+        with torch.inference_mode():
+            for s in range(0, n, batch_size):
+                out.append(fn(slice(s, s + batch_size)).float().cpu().numpy())
+        d = self.config.dim
+        return np.ascontiguousarray(np.concatenate(out) if out else np.zeros((0, d)), dtype=np.float32)
+
+    def _user_vectors(self, users: np.ndarray | None, hist: np.ndarray, cat: Any, dense: Any, drop_id: bool) -> np.ndarray:
+        import torch
+
+        dev = self.device_
+
+        def t(x: Any, s: slice, dtype: Any) -> Any:
+            return None if x is None else torch.as_tensor(np.asarray(x)[s], dtype=dtype, device=dev)
+
+        def fn(s: slice) -> Any:
+            return self.net_.user_tower(
+                None if drop_id or users is None else t(users, s, torch.int64),
+                t(hist, s, torch.int64), t(cat, s, torch.int64), t(dense, s, torch.float32), drop_id or None,
+            )  # fmt: skip
+
+        return self._run(fn, len(hist))
+
+    def _item_vectors(self, items: np.ndarray, feats: np.ndarray | None, drop: Any, batch_size: int = 4096) -> np.ndarray:
+        import torch
+
+        dev = self.device_
+
+        def fn(s: slice) -> Any:
+            ids = torch.as_tensor(items[s], dtype=torch.int64, device=dev)
+            d = drop if isinstance(drop, bool) or drop is None else torch.as_tensor(drop[s], device=dev)
+            f = None if feats is None else torch.as_tensor(feats[s], dtype=torch.float32, device=dev)
+            return self.net_.item_tower(ids, d, f)
+
+        return self._run(fn, len(items), batch_size)
+
+    def item_vectors(self, item_features: np.ndarray | None = None, drop_ids: bool = False) -> np.ndarray:
+        """Item vectors ``(n, dim)`` float32 from the item tower.
+
+        Parameters
+        ----------
+        item_features : float array (n, F), optional
+            Content features to embed; default: the features given to ``fit``. With
+            ``n == n_items`` row ``i`` is item ``i``; any other ``n`` (items the model never
+            saw) requires ``drop_ids=True``.
+        drop_ids : bool
+            Ignore the id embeddings and embed from content only: the vector a cold item
+            gets. Cold-start evaluation compares these with the warm vectors.
+        """
+        self._check_net()
+        n_items, fdim = self._arch["n_items"], self._arch["item_feature_dim"]
+        if drop_ids and not fdim:
+            raise InputError("drop_ids=True needs an item tower with content features; fit with item_features")
+        feats = None
+        if item_features is not None:
+            feats = np.asarray(item_features, np.float32)
+            if feats.ndim != 2 or feats.shape[1] != fdim:
+                raise InputError(f"item_features must have shape (n, {fdim}), got {feats.shape}")
+            if feats.shape[0] != n_items and not drop_ids:
+                raise InputError(f"{feats.shape[0]} feature rows for {n_items} items: new items need drop_ids=True")
+        n = n_items if feats is None else feats.shape[0]
+        items = np.arange(n) if n == n_items else np.zeros(n, np.int64)
+        return self._item_vectors(items, feats, True if drop_ids else None)
+
+    def user_vectors_from_history(
+        self,
+        histories: Sequence[Sequence[int]] | np.ndarray,
+        user_categorical: np.ndarray | None = None,
+        user_dense: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Vectors ``(n, dim)`` float32 for users from their item histories alone (no user id).
+
+        ``histories``: one sequence of item indices per user (oldest first; only the last
+        ``history_len`` count) or a ``-1``-padded int matrix. This is how users unseen in
+        training are scored: ``scores = vectors @ model.item_factors_.T``.
+        """
+        self._check_net()
+        if not self.config.history_dim:
+            raise InputError("this model was built without history pooling (history_dim=0); it cannot fold in users")
+        hist = _pad_histories(histories, self.config.history_len, self._arch["n_items"])
+        for name, x in (("user_categorical", user_categorical), ("user_dense", user_dense)):
+            if x is not None and len(x) != len(hist):
+                raise InputError(f"{name} has {len(x)} rows for {len(hist)} histories")
+        if self._arch["cat_cardinalities"] and user_categorical is None:
+            user_categorical = np.full((len(hist), len(self._arch["cat_cardinalities"])), -1, np.int64)
+        if self._arch["dense_dim"] and user_dense is None:
+            user_dense = np.zeros((len(hist), self._arch["dense_dim"]), np.float32)
+        return self._user_vectors(None, hist, user_categorical, user_dense, True)
+
+    def recalculate_user(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+        """Fold-in: a ``(dim,)`` vector from a user's items (oldest first); ``weights`` are ignored."""
+        items = np.atleast_1d(np.asarray(item_indices))
+        if items.size == 0:
+            raise InputError("cannot fold in a user with an empty history; use a popularity fallback")
+        return self.user_vectors_from_history([items])[0]
+
+    # -- persistence -----------------------------------------------------------------------
+    @property
+    def _state_arrays(self) -> tuple[str, ...]:  # type: ignore[override]
+        base = ("user_factors_", "item_factors_", "histories_", "item_counts_")
+        opt = tuple(n for n in ("user_categorical_", "user_dense_") if getattr(self, n, None) is not None)
+        return base + opt + tuple(k for k in self.__dict__ if k.startswith(_NET))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """One ``.npz``: factors, histories, the net's tensors and the architecture (no pickle)."""
+        import json
+
+        self._check_net()
+        extra = {_NET + k: v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
+        extra[_NET + "__arch__"] = np.array(json.dumps(self._arch))
+        self.__dict__.update(extra)
+        try:
+            super().save(path)
+        finally:
+            for k in extra:
+                del self.__dict__[k]
+
+    def _after_load(self) -> None:
+        import json
+
+        import torch
+
+        from recsys.device import resolve_device
+
+        arrays = {k[len(_NET) :]: self.__dict__.pop(k) for k in list(self.__dict__) if k.startswith(_NET)}
+        self._arch = json.loads(str(arrays.pop("__arch__")))
+        for name in ("user_categorical_", "user_dense_"):
+            self.__dict__.setdefault(name, None)
+        self._load_state({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, resolve_device("cpu"))
+
+    def _load_state(self, state: Mapping[str, Any], device: Any) -> None:
+        self.device_ = device
+        self.net_ = self._build_net(None).to(device)
+        self.net_.load_state_dict(state)
+        self.net_.eval()
+
+    def save_checkpoint(self, directory: str | os.PathLike) -> None:
+        """Trainer-format checkpoint: ``model.pt`` (tensor state dict) + ``config.json``."""
+        from recsys.io import save_npz
+        from recsys.models.trainer import save_checkpoint
+
+        self._check_net()
+        save_checkpoint(directory, self.net_.state_dict(), {"config": self.get_params(), "arch": self._arch})
+        arrays = {"histories": self.histories_, "item_counts": self.item_counts_}
+        arrays.update({k: v for k in ("user_categorical_", "user_dense_") if (v := getattr(self, k)) is not None})
+        seen = getattr(self, "user_items_", None)
+        if seen is not None:  # what recommend(exclude_seen=True) removes
+            arrays.update(seen_indptr=seen.indptr, seen_indices=seen.indices, seen_data=seen.data)
+        save_npz(os.path.join(directory, "data.npz"), **arrays)
+
+    @classmethod
+    def load_checkpoint(cls, directory: str | os.PathLike, device: str = "cpu") -> TwoTower:
+        """Rebuild a fitted model from :meth:`save_checkpoint` output (vectors recomputed)."""
+        from recsys.device import resolve_device
+        from recsys.io import load_npz
+        from recsys.models.trainer import load_checkpoint
+
+        state, meta = load_checkpoint(directory)
+        model = cls(**{k: v for k, v in meta["config"].items() if k != "epoch"})
+        model._arch = meta["arch"]
+        data = load_npz(os.path.join(directory, "data.npz"))
+        model.histories_, model.item_counts_ = data["histories"], data["item_counts"]
+        model.user_categorical_, model.user_dense_ = data.get("user_categorical_"), data.get("user_dense_")
+        model.n_users_, model.n_items_ = model._arch["n_users"], model._arch["n_items"]
+        if "seen_indptr" in data:
+            model.user_items_ = sp.csr_matrix(
+                (data["seen_data"], data["seen_indices"], data["seen_indptr"]), shape=(model.n_users_, model.n_items_)
+            )
+        model._load_state(state, resolve_device(device))
+        model._export()
+        return model
+
+
+def _opt_array(x: Any, dtype: Any, n: int, name: str) -> np.ndarray | None:
+    if x is None:
+        return None
+    a = np.asarray(x, dtype=dtype)
+    if a.ndim != 2 or a.shape[0] != n:
+        raise InputError(f"{name} must have shape ({n}, k), got {a.shape}")
+    return a
+
+
+def _pad_histories(histories: Any, max_len: int, n_items: int) -> np.ndarray:
+    """``-1``-left-padded ``(n, max_len)`` int64 matrix of each history's last items."""
+    if isinstance(histories, np.ndarray) and histories.ndim == 2:
+        rows = [r[r >= 0] for r in histories]
+    else:
+        rows = [np.asarray(h).ravel() for h in histories]
+    out = np.full((len(rows), max_len), -1, np.int64)
+    for i, r in enumerate(rows):
+        if r.size and r.dtype.kind not in "iu":
+            raise InputError(f"history {i} holds non-integer item indices (dtype {r.dtype})")
+        r = r.astype(np.int64)[-max_len:]
+        if r.size and (r.min() < 0 or r.max() >= n_items):
+            raise InputError(f"history {i} holds item indices outside [0, {n_items})")
+        if r.size:
+            out[i, max_len - r.size :] = r
+    return out

@@ -1,0 +1,437 @@
+"""Versioned retrieval bundles: export with a recall gate, read with checksum verification.
+
+A bundle is one directory that holds everything a :class:`~recsys.serving.retriever.Retriever`
+needs, and nothing it has to guess::
+
+    ROOT/bundles/<version>/
+      manifest.json       written last: similarity, transform, dims, counts, index
+                          parameters, measured recall, sha256 + size of every file
+      index.ann           Annoy forest (records neither metric nor dimension itself)
+      item_vectors.npy    float32 item vectors as the model produced them (exact
+                          re-scoring, exact search, similar items, fold-in)
+      items.parquet       idx, external_id, popularity, source  (the int -> id map)
+      user_vectors.npy    float32, optional
+      users.parquet       idx, external_id, optional
+      seen.npz            CSR indptr/indices of each user's seen items, optional
+      foldin.json         how to fold in a new user from a history, optional
+
+Why this shape: Annoy keeps only integer ids, so the id map travels with the index; the
+``.ann`` file does not record metric or dimension and loading it with the wrong ones
+fails silently, so the manifest does; and a bundle is built under a temporary name and
+renamed into place, so a reader never sees a half-written one. A published bundle is
+never modified: processes that memory-map a ``.ann`` die with SIGBUS when it is
+overwritten in place (spotify/annoy issue 335), so every export gets a new directory
+and :mod:`recsys.serving.versions` switches a ``latest`` pointer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+
+from recsys.data.idmap import IdMap
+from recsys.errors import BundleError, ConfigError, InputError, QualityGateError
+from recsys.index.annoy_index import METRICS, AnnoyIndex
+from recsys.index.base import check_similarity, check_vectors
+from recsys.index.recall import exact_topk, sample_queries, tune_search_k
+from recsys.io import read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+BUNDLE_KIND = "recsys-retrieval-bundle"
+MANIFEST = "manifest.json"
+#: catalogue size up to which the Retriever scans exactly instead of asking Annoy;
+#: measured by benchmarks/bench_retrieval.py (docs/retrieval.md): a single exact query at
+#: k=100 is faster than an Annoy query at recall >= 0.95 below about this size.
+DEFAULT_EXACT_MAX_ITEMS = 50_000
+FOLDIN_METHODS = ("mean", "als")
+ITEM_SOURCES = ("cf", "blend", "content")
+
+
+@dataclass
+class IndexConfig:
+    """Index build and quality-gate settings (the ``[index]`` config section).
+
+    Parameters
+    ----------
+    n_trees : int
+        Annoy trees: more trees give better recall per ``search_k`` but a bigger file.
+    search_k : int
+        First ``search_k`` the gate tries; ``-1`` starts at ``n_trees * recall_k``.
+    seed : int
+        ``set_seed`` of the forest.
+    recall_k : int
+        K of the gate's recall@K (and the result count ``search_k`` is tuned for).
+    min_recall : float
+        The gate refuses to publish below this recall@K against exact search.
+    n_queries : int
+        Real user vectors sampled for the gate.
+    exact_max_items : int
+        Catalogues up to this size are served by exact search (recorded in the manifest;
+        the retriever may override it).
+    max_search_k : int, optional
+        Cap of the ``search_k`` doubling (default: twice the item count).
+    metric : {"angular", "dot"}
+        ``"dot"`` (Annoy's own MIPS metric) only for measurement: it loses recall.
+    n_jobs : int
+        Build threads (-1: all cores). Only ``n_jobs=1`` gives byte-identical files for
+        the same seed: with more threads Annoy's trees depend on thread scheduling
+        (measured; the recall gate still holds every build to the same threshold).
+    """
+
+    n_trees: int = 50
+    search_k: int = -1
+    seed: int = 42
+    recall_k: int = 100
+    min_recall: float = 0.95
+    n_queries: int = 1000
+    exact_max_items: int = DEFAULT_EXACT_MAX_ITEMS
+    max_search_k: int | None = None
+    metric: str = "angular"
+    n_jobs: int = -1
+
+    def __post_init__(self) -> None:
+        if self.n_trees <= 0 or self.recall_k <= 0 or self.n_queries <= 0:
+            raise ConfigError("index.n_trees, index.recall_k and index.n_queries must be positive")
+        if not 0 < self.min_recall <= 1:
+            raise ConfigError(f"index.min_recall must be in (0, 1], got {self.min_recall}")
+        if self.metric not in METRICS:
+            raise ConfigError(f"index.metric must be one of {METRICS}, got {self.metric!r}")
+        if self.exact_max_items < 0:
+            raise ConfigError("index.exact_max_items must be >= 0")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> IndexConfig:
+        """Build from a config section, refusing unknown keys (typos)."""
+        d = dict(d or {})
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ConfigError(f"unknown [index] settings {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        return cls(**d)
+
+
+@dataclass
+class BundleInfo:
+    """What :func:`export_bundle` produced (and what to log to MLflow)."""
+
+    path: Path
+    version: str
+    recall: float
+    search_k: int
+    recall_k: int
+    n_items: int
+    n_users: int
+    build_seconds: float
+    index_bytes: int
+    manifest: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Numbers for ``log_metrics`` (the gate's recall under its K)."""
+        return {f"index_recall@{self.recall_k}": self.recall, "index_search_k": float(self.search_k),
+                "index_build_seconds": self.build_seconds, "index_bytes": float(self.index_bytes)}
+
+
+def _as_idmap(ids: IdMap | Sequence[Any] | np.ndarray, name: str, n: int) -> IdMap:
+    m = ids if isinstance(ids, IdMap) else IdMap(list(ids), name)
+    if len(m) != n:
+        raise InputError(f"{len(m)} {name} ids for {n} {name} vectors; they must align row for row")
+    return m
+
+
+def _check_seen(seen: Any, n_users: int, n_items: int) -> sp.csr_matrix:
+    if not sp.issparse(seen):
+        raise InputError(f"seen must be a scipy.sparse user x item matrix, got {type(seen).__name__}")
+    m = sp.csr_matrix(seen)
+    if m.shape != (n_users, n_items):
+        raise InputError(f"seen has shape {m.shape}, expected (n_users, n_items) = {(n_users, n_items)}")
+    m.sort_indices()
+    return m
+
+
+def _foldin_spec(foldin: Mapping[str, Any] | None, similarity: str) -> dict[str, Any]:
+    spec = dict(foldin or {"method": "mean"})
+    if spec.get("method") not in FOLDIN_METHODS:
+        raise InputError(f"foldin method must be one of {FOLDIN_METHODS}, got {spec.get('method')!r}")
+    if spec["method"] == "als":
+        for key in ("regularization", "alpha"):
+            if not isinstance(spec.get(key), (int, float)) or spec[key] < 0:
+                raise InputError(f"als fold-in needs a non-negative {key!r}, got {spec.get(key)!r}")
+        if similarity != "dot":
+            raise InputError("als fold-in is for dot-product models")
+    return spec
+
+
+def new_version(checksums: Mapping[str, str], now: _dt.datetime | None = None) -> str:
+    """``YYYYmmddTHHMMSS.ffffffZ-<8 hex>``: sortable by time, unique by content."""
+    now = now or _dt.datetime.now(_dt.timezone.utc)
+    digest = hashlib.sha256("".join(f"{k}:{v}" for k, v in sorted(checksums.items())).encode()).hexdigest()[:8]
+    return f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{digest}"
+
+
+def export_bundle(
+    root: str | os.PathLike,
+    *,
+    item_vectors: np.ndarray,
+    item_ids: IdMap | Sequence[Any],
+    user_vectors: np.ndarray | None = None,
+    user_ids: IdMap | Sequence[Any] | None = None,
+    seen: sp.spmatrix | None = None,
+    similarity: str = "dot",
+    item_popularity: np.ndarray | None = None,
+    item_source: np.ndarray | Sequence[str] | None = None,
+    config: IndexConfig | None = None,
+    run_id: str | None = None,
+    extra_manifest: Mapping[str, Any] | None = None,
+    queries: np.ndarray | None = None,
+    foldin: Mapping[str, Any] | None = None,
+) -> BundleInfo:
+    """Build, measure and write a new bundle under ``root/bundles/<version>``.
+
+    The bundle is *not* published: call :func:`recsys.serving.versions.publish` to
+    point ``root/latest`` at it (a champion comparison may come first).
+
+    Parameters
+    ----------
+    item_vectors : array (n_items, d)
+        Every item of the catalogue (warm and cold); NaN/inf rows are refused.
+    item_ids : IdMap or sequence
+        External id of each row.
+    user_vectors, user_ids : optional
+        Known users (for ``Retriever.recommend``); both or neither.
+    seen : sparse (n_users, n_items), optional
+        Items each user interacted with, excluded from their recommendations.
+    similarity : {"dot", "cosine"}
+        The model's similarity; ``"dot"`` gets the MIPS augmentation.
+    item_popularity : array (n_items,), optional
+        Fallback ranking for unknown users; default: column counts of ``seen``.
+    item_source : array of str (n_items,), optional
+        Where each item vector came from: ``"cf"``, ``"blend"`` or ``"content"``.
+    config : IndexConfig
+    run_id : str, optional
+        MLflow run that produced the vectors (lineage).
+    extra_manifest : dict, optional
+        Stored under ``manifest["extra"]`` (dataset hash, model class ...).
+    queries : array, optional
+        Real query vectors for the gate; default a sample of ``user_vectors``.
+    foldin : dict, optional
+        ``{"method": "mean"}`` (default) or ``{"method": "als", "regularization": r,
+        "alpha": a}`` for :meth:`Retriever.recommend_from_history`.
+
+    Raises
+    ------
+    InputError
+        Bad vectors (NaN/inf, misaligned ids, wrong shapes).
+    QualityGateError
+        Recall@K stays below ``config.min_recall`` even at the largest ``search_k``;
+        the temporary directory is removed and nothing is published.
+    """
+    cfg = config or IndexConfig()
+    similarity = check_similarity(similarity)
+    items = check_vectors(item_vectors, "item vectors")
+    n_items, dim = items.shape
+    if n_items == 0:
+        raise InputError("cannot export a bundle with zero items")
+    item_map = _as_idmap(item_ids, "item", n_items)
+    users = None
+    user_map = None
+    if (user_vectors is None) != (user_ids is None):
+        raise InputError("give user_vectors and user_ids together (or neither)")
+    if user_vectors is not None:
+        users = check_vectors(user_vectors, "user vectors", dim)
+        user_map = _as_idmap(user_ids, "user", len(users))  # type: ignore[arg-type]
+    seen_m = None if seen is None else _check_seen(seen, len(users) if users is not None else 0, n_items)
+    if item_popularity is None:
+        pop = (np.bincount(seen_m.indices, minlength=n_items) if seen_m is not None else np.zeros(n_items)).astype(np.float32)
+    else:
+        pop = np.asarray(item_popularity, dtype=np.float32).ravel()
+        if pop.shape != (n_items,) or not np.isfinite(pop).all():
+            raise InputError(f"item_popularity must be {n_items} finite values")
+    source = np.asarray(["cf"] * n_items if item_source is None else [str(s) for s in item_source], dtype=object)
+    if source.shape != (n_items,) or not set(source) <= set(ITEM_SOURCES):
+        raise InputError(f"item_source must be {n_items} values from {ITEM_SOURCES}")
+    foldin_spec = _foldin_spec(foldin, similarity)
+
+    if queries is not None:
+        gate_q, gate_from = check_vectors(queries, "gate queries", dim), "given"
+    elif users is not None and len(users):
+        gate_q, gate_from = users, "user_vectors"
+    else:  # no users at all: items as queries overstate recall, so say so
+        log.warning("no user vectors for the recall gate: using item vectors as queries (optimistic)")
+        gate_q, gate_from = items, "item_vectors"
+    gate_q = sample_queries(gate_q, cfg.n_queries, seed=cfg.seed)
+
+    bundles = Path(root) / "bundles"
+    bundles.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=bundles))
+    try:
+        t0 = time.perf_counter()
+        index = AnnoyIndex(similarity, n_trees=cfg.n_trees, search_k=cfg.search_k, seed=cfg.seed,
+                           metric=cfg.metric, search_k_ref=cfg.recall_k, n_jobs=cfg.n_jobs).build(items)
+        build_s = time.perf_counter() - t0
+        truth = exact_topk(items, gate_q, cfg.recall_k, similarity)
+        tune = tune_search_k(index, gate_q, k=cfg.recall_k, threshold=cfg.min_recall, truth=truth,
+                             start=cfg.search_k if cfg.search_k > 0 else None, cap=cfg.max_search_k)
+        gate = {"recall_k": cfg.recall_k, "recall": tune.recall, "min_recall": cfg.min_recall, "passed": tune.passed,
+                "n_queries": len(gate_q), "queries": gate_from, "search_k_tried": [list(h) for h in tune.history]}
+        if not tune.passed:
+            raise QualityGateError(
+                f"index recall@{cfg.recall_k} = {tune.recall:.4f} < {cfg.min_recall} even at search_k = {tune.search_k}; "
+                "not published (raise index.n_trees or index.max_search_k, or check the vectors)"
+            )
+        index.save(tmp / "index.ann")
+        index._ann.unload()
+        np.save(tmp / "item_vectors.npy", items, allow_pickle=False)
+        _write_ids(tmp / "items.parquet", item_map, popularity=pop, source=source)
+        if users is not None and user_map is not None:
+            np.save(tmp / "user_vectors.npy", users, allow_pickle=False)
+            _write_ids(tmp / "users.parquet", user_map)
+        if seen_m is not None:
+            np.savez(tmp / "seen.npz", indptr=seen_m.indptr.astype(np.int64), indices=seen_m.indices.astype(np.int32),
+                     shape=np.asarray(seen_m.shape, np.int64))
+        write_json(tmp / "foldin.json", foldin_spec)
+        files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        version = new_version({k: v["sha256"] for k, v in files.items()})
+        manifest = {
+            "kind": BUNDLE_KIND, "schema_version": SCHEMA_VERSION, "version": version,
+            "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "run_id": run_id, "similarity": similarity, "dim": dim, "n_items": n_items,
+            "n_users": 0 if users is None else len(users), "n_seen": 0 if seen_m is None else int(seen_m.nnz),
+            "item_sources": {s: int((source == s).sum()) for s in ITEM_SOURCES},
+            "index": {"backend": "annoy", "file": "index.ann", "metric": cfg.metric, "transform": index.transform,
+                      "annoy_dim": index.annoy_dim, "n_trees": cfg.n_trees, "search_k": tune.search_k,
+                      "search_k_ref": cfg.recall_k, "seed": cfg.seed, "build_seconds": round(build_s, 3)},
+            "exact_max_items": cfg.exact_max_items, "quality_gate": gate, "config": asdict(cfg),
+            "foldin": foldin_spec, "files": files, "extra": dict(extra_manifest or {}),
+        }
+        write_json(tmp / MANIFEST, manifest)
+        final = bundles / version
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("bundle %s: %d items, recall@%d %.4f at search_k %d", version, n_items, cfg.recall_k, tune.recall, tune.search_k)
+    return BundleInfo(path=final, version=version, recall=tune.recall, search_k=tune.search_k, recall_k=cfg.recall_k,
+                      n_items=n_items, n_users=manifest["n_users"], build_seconds=build_s,
+                      index_bytes=files["index.ann"]["bytes"], manifest=manifest)
+
+
+def _write_ids(path: Path, ids: IdMap, **cols: np.ndarray) -> None:
+    df = ids.to_frame()
+    if cols:
+        df = df.with_columns(**{k: pl.Series(k, list(v) if v.dtype == object else v) for k, v in cols.items()})
+    df.write_parquet(path)
+
+
+# -- reading -----------------------------------------------------------------------------
+@dataclass
+class BundleData:
+    """The verified contents of a bundle (arrays may be memory-mapped)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    item_vectors: np.ndarray
+    item_map: IdMap
+    item_popularity: np.ndarray
+    item_source: np.ndarray
+    user_vectors: np.ndarray | None
+    user_map: IdMap | None
+    seen: sp.csr_matrix | None
+    foldin: dict[str, Any]
+
+
+def verify_bundle(path: str | os.PathLike, checksums: bool = True) -> dict[str, Any]:
+    """Check that ``path`` is a complete, unmodified bundle and return its manifest.
+
+    Every file listed in the manifest must exist with the recorded size and (with
+    ``checksums=True``) sha256. Raises :class:`~recsys.errors.BundleError` naming the
+    first problem: a missing manifest means an incomplete export.
+    """
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise BundleError(f"{path} is not a complete bundle: no {MANIFEST} (an export was interrupted, or wrong path)")
+    try:
+        manifest = read_json(mf)
+    except ValueError as e:
+        raise BundleError(f"{mf} is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("kind") != BUNDLE_KIND:
+        raise BundleError(f"{mf} is not a recsys retrieval bundle manifest")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(f"{path}: bundle schema version {manifest.get('schema_version')}, this recsys reads "
+                          f"{SCHEMA_VERSION}; re-export it with `recsys export`")
+    for name, meta in manifest.get("files", {}).items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"{path} is incomplete: {name} is missing")
+        size = f.stat().st_size
+        if size != meta["bytes"]:
+            raise BundleError(f"{f} has {size} bytes, the manifest says {meta['bytes']} (truncated or replaced)")
+        if checksums and sha256_file(f) != meta["sha256"]:
+            raise BundleError(f"{f} fails its sha256 check: the file is corrupted or was modified after export")
+    for required in ("index.ann", "item_vectors.npy", "items.parquet"):
+        if required not in manifest.get("files", {}):
+            raise BundleError(f"{path}: manifest lists no {required}")
+    return manifest
+
+
+def read_bundle(path: str | os.PathLike, verify: bool = True, mmap: bool = True) -> BundleData:
+    """Verify and read a bundle directory (vectors memory-mapped when ``mmap``)."""
+    path = Path(path)
+    manifest = verify_bundle(path, checksums=verify)
+    mode = "r" if mmap else None
+    try:
+        items = np.load(path / "item_vectors.npy", mmap_mode=mode, allow_pickle=False)
+        idf = pl.read_parquet(path / "items.parquet")
+        item_map = IdMap.load(path / "items.parquet", name="item")
+        users = user_map = seen = None
+        if (path / "user_vectors.npy").exists():
+            users = np.load(path / "user_vectors.npy", mmap_mode=mode, allow_pickle=False)
+            user_map = IdMap.load(path / "users.parquet", name="user")
+        if (path / "seen.npz").exists():
+            with np.load(path / "seen.npz", allow_pickle=False) as z:
+                shape = tuple(int(s) for s in z["shape"])
+                seen = sp.csr_matrix((np.ones(len(z["indices"]), np.float32), z["indices"], z["indptr"]), shape=shape)
+        foldin = read_json(path / "foldin.json") if (path / "foldin.json").exists() else {"method": "mean"}
+    except (OSError, ValueError, KeyError) as e:
+        raise BundleError(f"{path}: cannot read bundle files: {e}") from e
+    if items.shape != (manifest["n_items"], manifest["dim"]) or len(item_map) != manifest["n_items"]:
+        raise BundleError(f"{path}: item vectors {items.shape} / id map {len(item_map)} disagree with the manifest")
+    if users is not None and (user_map is None or users.shape != (len(user_map), manifest["dim"])):
+        raise BundleError(f"{path}: user vectors and user id map disagree")
+    return BundleData(path=path, manifest=manifest, item_vectors=items, item_map=item_map,
+                      item_popularity=idf["popularity"].to_numpy().astype(np.float32),
+                      item_source=np.asarray(idf["source"].to_list(), dtype=object),
+                      user_vectors=users, user_map=user_map, seen=seen, foldin=foldin)
+
+
+def load_index(data: BundleData, prefault: bool = False) -> AnnoyIndex:
+    """Memory-map the bundle's ``.ann`` with the metric/dimension from its manifest."""
+    ix = data.manifest["index"]
+    index = AnnoyIndex.load(data.path / ix["file"], vectors=data.item_vectors, similarity=data.manifest["similarity"],
+                            metric=ix["metric"], n_trees=ix["n_trees"], search_k=ix["search_k"], seed=ix["seed"],
+                            search_k_ref=ix["search_k_ref"], prefault=prefault)
+    if index.transform != ix["transform"] or index.annoy_dim != ix["annoy_dim"]:
+        raise BundleError(f"{data.path}: manifest transform {ix['transform']!r}/dim {ix['annoy_dim']} does not match "
+                          f"{index.transform!r}/{index.annoy_dim}; the bundle was written by another recsys version")
+    return index
+
+
+# publish / rollback live in their own module; re-exported here as part of the bundle API
+from recsys.serving.versions import list_bundles, previous, prune, publish, resolve_bundle, rollback  # noqa: E402
+
+__all__ = ["IndexConfig", "BundleInfo", "BundleData", "export_bundle", "verify_bundle", "read_bundle", "load_index",
+           "publish", "previous", "list_bundles", "rollback", "resolve_bundle", "prune", "new_version"]

@@ -1,0 +1,352 @@
+"""The retrieval API a service calls: ``Retriever.load(...).recommend(user_ids, k)``.
+
+A :class:`Retriever` is built from one verified bundle (:mod:`recsys.serving.bundle`) and
+is read-only afterwards, so one instance can be shared by many threads: Annoy queries on a
+memory-mapped forest and numpy products on read-only arrays need no lock.
+
+Backends: catalogues up to ``exact_max_items`` (manifest value, measured by
+``benchmarks/bench_retrieval.py``; overridable at load) are scanned exactly with BLAS,
+which is then faster than Annoy at the recall we demand; larger ones use the Annoy forest
+with exact re-scoring of its candidates. Either way excluded items never appear and
+allow-lists are honoured exactly.
+
+Fallbacks (documented contract, never a crash):
+
+* known user -> their vector, their seen items excluded (``exclude_seen``);
+* unknown user with a ``history`` -> a vector folded in from the history items
+  (``foldin.json``: least squares for ALS, the mean item vector otherwise), the history
+  items excluded;
+* unknown user without history (or with an empty one) -> the most popular items
+  (scores are then the popularity values, not similarities).
+
+Results are external ids (object array of ``str``; ``None`` in slots that cannot be
+filled) and float32 scores (``-inf`` there), 1-D for one user, 2-D for many.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recsys.errors import BundleError, InputError, UnknownIdError
+from recsys.index.base import VectorIndex, check_k, check_vectors, normalize_rows
+from recsys.index.exact import ExactIndex
+from recsys.serving.bundle import BundleData, load_index, read_bundle
+from recsys.serving.versions import resolve_bundle
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "exact", "annoy")
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
+_EMPTY = np.empty(0, np.int64)
+
+
+def _id_list(ids: Any, what: str) -> tuple[list[str], bool]:
+    """External ids as strings, plus whether a single id was given."""
+    if isinstance(ids, (str, int, np.integer)) and not isinstance(ids, (bool, np.bool_)):
+        return [str(ids)], True
+    if isinstance(ids, (list, tuple, np.ndarray)) or hasattr(ids, "to_list"):
+        vals = list(ids.to_list() if hasattr(ids, "to_list") else ids)
+        for v in vals:
+            if not isinstance(v, (str, int, np.integer)) or isinstance(v, (bool, np.bool_)):
+                raise InputError(f"{what} must be str or int ids, got {type(v).__name__} {v!r}; "
+                                 "convert float columns to int or str first")
+        return [str(v) for v in vals], False
+    raise InputError(f"{what} must be an id or a list of ids, got {type(ids).__name__}")
+
+
+class Retriever:
+    """Top-k retrieval over one bundle, with external ids in and out.
+
+    Create with :meth:`load`. Attributes: ``path``, ``manifest``, ``version``,
+    ``backend`` (``"exact"`` or ``"annoy"``), ``n_items``, ``n_users``.
+    """
+
+    def __init__(self, data: BundleData, backend: str = "auto", exact_max_items: int | None = None,
+                 prefault: bool = False) -> None:
+        if backend not in BACKENDS:
+            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        m = data.manifest
+        self.path, self.manifest, self.version = data.path, m, m["version"]
+        self.similarity: str = m["similarity"]
+        self.n_items, self.dim = int(m["n_items"]), int(m["dim"])
+        limit = int(m.get("exact_max_items", 0) if exact_max_items is None else exact_max_items)
+        self.backend = backend if backend != "auto" else ("exact" if self.n_items <= limit else "annoy")
+        items = np.asarray(data.item_vectors)
+        self._items = normalize_rows(items) if self.similarity == "cosine" else items
+        self._exact = ExactIndex.from_prepared(self._items, self.similarity)
+        self._index: VectorIndex = load_index(data, prefault=prefault) if self.backend == "annoy" else self._exact
+        self.item_map, self.user_map = data.item_map, data.user_map
+        # index -> external id lookups on every answer: one object array, built once
+        self._item_ids = np.asarray(self.item_map.ids, dtype=object)
+        self._users = data.user_vectors
+        self.n_users = 0 if data.user_map is None else len(data.user_map)
+        self._seen = data.seen
+        self.item_popularity = data.item_popularity
+        self.item_source = data.item_source
+        self._pop_order = np.argsort(-self.item_popularity, kind="stable")
+        self.foldin = data.foldin
+        if self.foldin.get("method") == "als":  # Y'Y + lambda I once; each fold-in adds a rank-n_u term
+            y = np.asarray(items, np.float64)
+            self._gram = y.T @ y + float(self.foldin["regularization"]) * np.eye(self.dim)
+
+    def __repr__(self) -> str:
+        return (f"Retriever(version={self.version!r}, backend={self.backend!r}, n_items={self.n_items}, "
+                f"n_users={self.n_users}, similarity={self.similarity!r})")
+
+    # -- loading -----------------------------------------------------------------------
+    @classmethod
+    def load(cls, path_or_uri: str | os.PathLike, *, verify: bool = True, backend: str = "auto",
+             exact_max_items: int | None = None, tracking_uri: str | None = None, prefault: bool = False,
+             dst_path: str | os.PathLike | None = None) -> Retriever:
+        """Load a bundle directory, a root with a ``latest`` pointer, or an MLflow model URI.
+
+        Parameters
+        ----------
+        path_or_uri : path or str
+            ``ROOT``, ``ROOT/bundles/<version>``, ``models:/name@alias``,
+            ``models:/name/3``, ``runs:/<run_id>/retriever`` ...
+        verify : bool
+            Check the size and sha256 of every file against the manifest (a second or
+            so per GB); a corrupted or incomplete bundle raises
+            :class:`~recsys.errors.BundleError`.
+        backend : {"auto", "exact", "annoy"}
+        exact_max_items : int, optional
+            Override the manifest's exact-search threshold (for ``backend="auto"``).
+        tracking_uri : str, optional
+            MLflow tracking/registry URI for model URIs (default: MLflow's own resolution).
+        dst_path : path, optional
+            Where a model URI is downloaded (default: a new temporary directory, which
+            must outlive the retriever because the index is memory-mapped).
+        """
+        s = os.fspath(path_or_uri)
+        if _URI.match(s) and not s.startswith("file:"):
+            path = download_bundle(s, tracking_uri=tracking_uri, dst_path=dst_path)
+        else:
+            path = resolve_bundle(s[len("file://"):] if s.startswith("file://") else s)
+        return cls(read_bundle(path, verify=verify), backend=backend, exact_max_items=exact_max_items,
+                   prefault=prefault)
+
+    # -- id helpers --------------------------------------------------------------------
+    def _item_indices(self, ids: Any, what: str, ignore_unknown: bool = False) -> np.ndarray:
+        vals, _ = _id_list(ids, what)
+        idx = self.item_map.to_index(vals, missing="ignore")
+        if (idx < 0).any():
+            unknown = [vals[i] for i in np.flatnonzero(idx < 0)[:5]]
+            if not ignore_unknown:
+                raise UnknownIdError(f"unknown item id(s) in {what}: {unknown}")
+            log.debug("ignoring unknown item ids in %s: %s", what, unknown)
+            idx = idx[idx >= 0]
+        return idx.astype(np.int64)
+
+    def _external(self, ids: np.ndarray) -> np.ndarray:
+        out = np.full(ids.shape, None, dtype=object)
+        ok = ids >= 0
+        out[ok] = self._item_ids[ids[ok]]
+        return out
+
+    def _seen_items(self, u: int) -> np.ndarray:
+        if self._seen is None or u < 0 or u >= self._seen.shape[0]:
+            return _EMPTY
+        s = self._seen
+        return s.indices[s.indptr[u] : s.indptr[u + 1]].astype(np.int64)
+
+    # -- core --------------------------------------------------------------------------
+    def _popular(self, k: int, blocked: np.ndarray, allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        order = self._pop_order
+        if allowed is not None:
+            order = order[np.isin(order, allowed)]
+        ids = np.full(k, -1, np.int64)
+        top = order[: k + blocked.size]
+        if blocked.size:
+            top = top[~np.isin(top, blocked)]
+        top = top[:k]
+        scores = np.full(k, -np.inf, np.float32)
+        ids[: len(top)], scores[: len(top)] = top, self.item_popularity[top]
+        return ids, scores
+
+    def _run(self, vectors: list[np.ndarray | None], blocked: list[np.ndarray], k: int,
+             allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """One batched index query for the rows with a vector, popularity for the rest."""
+        ids = np.full((len(vectors), k), -1, np.int64)
+        scores = np.full((len(vectors), k), -np.inf, np.float32)
+        rows = [r for r, v in enumerate(vectors) if v is not None]
+        if rows:
+            q = np.stack([vectors[r] for r in rows])
+            i, s = self._index.query(q, k, exclude=[blocked[r] for r in rows], allowed=allowed)
+            ids[rows], scores[rows] = i, s
+        for r, v in enumerate(vectors):
+            if v is None:
+                ids[r], scores[r] = self._popular(k, blocked[r], allowed)
+        return ids, scores
+
+    def _finish(self, ids: np.ndarray, scores: np.ndarray, single: bool) -> tuple[np.ndarray, np.ndarray]:
+        ext = self._external(ids)
+        return (ext[0], scores[0]) if single else (ext, scores)
+
+    def _common(self, k: Any, candidates: Any, exclude: Any) -> tuple[int, np.ndarray | None, np.ndarray]:
+        k = check_k(k)
+        allowed = None if candidates is None else self._item_indices(candidates, "candidates")
+        blocked = _EMPTY if exclude is None else self._item_indices(exclude, "exclude")
+        return k, allowed, blocked
+
+    # -- public API --------------------------------------------------------------------
+    def recommend(self, user_ids: Any, k: int = 10, exclude_seen: bool = True, candidates: Any = None,
+                  exclude: Any = None, history: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for one user (1-D results) or a list of users (2-D).
+
+        Parameters
+        ----------
+        user_ids : id or list of ids
+        k : int
+        exclude_seen : bool
+            Drop each known user's seen items (exactly, whatever the backend) and the
+            items of a given history.
+        candidates : list of item ids, optional
+            Allow-list: only these items may be returned.
+        exclude : list of item ids, optional
+            Block-list applied to every user.
+        history : list of item ids, or (for many users) a dict ``{user_id: items}`` or a
+            list aligned with ``user_ids``; used only for users the bundle does not know.
+
+        Raises
+        ------
+        InputError (ValueError)
+            ``k <= 0``, ids of a wrong type.
+        UnknownIdError (KeyError)
+            Unknown item ids in ``candidates`` or ``exclude``. Unknown *users* are not
+            an error: they get the fallback described in the module docstring.
+        """
+        k, allowed, common = self._common(k, candidates, exclude)
+        users, single = _id_list(user_ids, "user_ids")
+        hist = self._histories(history, users, single)
+        uidx = (self.user_map.to_index(users, missing="ignore") if self.user_map is not None
+                else np.full(len(users), -1, np.int64))
+        vectors: list[np.ndarray | None] = []
+        blocked: list[np.ndarray] = []
+        for r, u in enumerate(uidx):
+            b = [common]
+            if u >= 0:
+                vectors.append(np.asarray(self._users[u]))  # type: ignore[index]
+                if exclude_seen:
+                    b.append(self._seen_items(int(u)))
+            elif hist[r] is not None and hist[r].size:
+                vectors.append(self._fold_in(hist[r], None))
+                if exclude_seen:
+                    b.append(hist[r])
+            else:
+                vectors.append(None)
+            blocked.append(np.unique(np.concatenate(b)) if len(b) > 1 else common)
+        n_unknown = int((uidx < 0).sum())
+        if n_unknown:
+            log.debug("%d of %d users unknown to bundle %s: fallback used", n_unknown, len(users), self.version)
+        return self._finish(*self._run(vectors, blocked, k, allowed), single)
+
+    def _histories(self, history: Any, users: list[str], single: bool) -> list[np.ndarray | None]:
+        if history is None:
+            return [None] * len(users)
+        if single:
+            return [self._item_indices(history, "history", ignore_unknown=True)]
+        if isinstance(history, Mapping):
+            h = {str(key): v for key, v in history.items()}
+            return [None if h.get(u) is None else self._item_indices(h[u], "history", True) for u in users]
+        if len(history) != len(users):
+            raise InputError(f"history has {len(history)} entries for {len(users)} users; give one per user or a dict")
+        return [None if h is None else self._item_indices(h, "history", True) for h in history]
+
+    def _fold_in(self, items: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
+        """A query vector for a history of item indices (see ``foldin.json``)."""
+        w = np.ones(len(items)) if weights is None else np.asarray(weights, np.float64)
+        if self.foldin.get("method") == "als":
+            y = np.asarray(self._exact.vectors_[items], np.float64)
+            c = float(self.foldin["alpha"]) * w
+            a = self._gram + (y.T * (c - 1.0)) @ y
+            return np.linalg.solve(a, y.T @ c).astype(np.float32)
+        v = (w[:, None] * self._items[items]).sum(0) / max(float(w.sum()), 1e-12)
+        return np.asarray(v, np.float32)
+
+    def recommend_from_history(self, item_ids: Any, k: int = 10, weights: Any = None, exclude_seen: bool = True,
+                               candidates: Any = None, exclude: Any = None,
+                               ignore_unknown: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` for an anonymous or brand-new user from the items they interacted with.
+
+        The user vector is folded in from the history (no retraining); an empty history
+        falls back to popular items. ``weights`` (one per item, >= 0) are the
+        confidences of the interactions (default 1). Unknown history ids raise
+        :class:`~recsys.errors.UnknownIdError` unless ``ignore_unknown``.
+        """
+        k, allowed, common = self._common(k, candidates, exclude)
+        vals, _ = _id_list(item_ids, "item_ids")
+        idx = self.item_map.to_index(vals, missing="ignore")
+        w = None
+        if weights is not None:
+            w = np.asarray(weights, np.float64).ravel()
+            if w.shape != idx.shape or not np.isfinite(w).all() or (w < 0).any():
+                raise InputError(f"weights must be {len(idx)} finite values >= 0, one per item")
+        if (idx < 0).any() and not ignore_unknown:
+            raise UnknownIdError(f"unknown item id(s) in history: {[vals[i] for i in np.flatnonzero(idx < 0)[:5]]}")
+        keep = idx >= 0
+        idx, w = idx[keep], (None if w is None else w[keep])
+        vec = self._fold_in(idx, w) if idx.size and (w is None or w.sum() > 0) else None
+        blocked = np.unique(np.concatenate([common, idx])) if exclude_seen else common
+        return self._finish(*self._run([vec], [blocked], k, allowed), True)
+
+    def similar_items(self, item_ids: Any, k: int = 10, candidates: Any = None,
+                      exclude: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Items closest to each given item by the model's similarity (itself excluded)."""
+        k, allowed, common = self._common(k, candidates, exclude)
+        vals, single = _id_list(item_ids, "item_ids")
+        idx = self._item_indices(vals, "item_ids")
+        vectors = [np.asarray(self._items[i]) for i in idx]
+        blocked = [np.union1d(common, [i]) for i in idx]
+        return self._finish(*self._run(vectors, blocked, k, allowed), single)  # type: ignore[arg-type]
+
+    def search(self, vectors: Any, k: int = 10, candidates: Any = None,
+               exclude: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` items for raw query vectors (1-D or 2-D); NaN/inf vectors are refused."""
+        k, allowed, common = self._common(k, candidates, exclude)
+        arr = np.asarray(vectors)
+        single = arr.ndim == 1
+        q = check_vectors(arr[None] if single else arr, "query vectors", self.dim)
+        return self._finish(*self._run(list(q), [common] * len(q), k, allowed), single)
+
+    def popular(self, k: int = 10, candidates: Any = None, exclude: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """The fallback ranking itself: most popular items (scores are popularity)."""
+        k, allowed, common = self._common(k, candidates, exclude)
+        return self._finish(*self._run([None], [common], k, allowed), True)
+
+
+def download_bundle(uri: str, tracking_uri: str | None = None, dst_path: str | os.PathLike | None = None) -> Path:
+    """Download an MLflow model logged by :func:`recsys.serving.mlflow_model.log_retriever_model`
+    and return the bundle directory inside it."""
+    import tempfile
+
+    import mlflow
+
+    dst = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
+    dst.mkdir(parents=True, exist_ok=True)
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri))
+    except Exception as e:  # noqa: BLE001 - MLflow raises many types; one clear error for the caller
+        raise BundleError(f"cannot download {uri}: {e}") from e
+    return find_bundle(local)
+
+
+def find_bundle(model_dir: str | os.PathLike) -> Path:
+    """The bundle directory inside a downloaded MLflow model (``artifacts/<name>/``)."""
+    model_dir = Path(model_dir)
+    for candidate in [model_dir, *sorted(model_dir.glob("artifacts/*")), *sorted(model_dir.rglob("manifest.json"))]:
+        d = candidate.parent if candidate.name == "manifest.json" else candidate
+        if (d / "manifest.json").is_file() and (d / "index.ann").is_file():
+            return d
+    raise BundleError(f"{model_dir} holds no recsys bundle (no manifest.json with index.ann); "
+                      "was the model logged with log_retriever_model?")
+
+
+__all__: Sequence[str] = ["Retriever", "download_bundle", "find_bundle"]
