@@ -53,7 +53,7 @@ class TrainResult:
     """What :func:`train_model` returns (stable; used by ``recsys run``)."""
 
     model: Any
-    run_id: str
+    run_id: str | None  # None only on a non-main rank of a distributed two-tower job
     params: dict[str, Any]
     metrics_valid: dict[str, float]
     metrics_test: dict[str, float]
@@ -185,7 +185,6 @@ def _two_tower(dataset: Any, params: dict[str, Any], uri: str, experiment: str, 
         raise ConfigError(
             f"model 'two-tower' needs pipelines/train_two_tower.py (fit_and_log), which is not available: {e}"
         ) from e
-    out = out or Path("runs") / "two-tower"
     model, run_id, metrics = fit_and_log(dataset, params, uri, experiment, out)
     return TrainResult(model, run_id, params, {}, dict(metrics), experiment, out)
 

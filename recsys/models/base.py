@@ -176,9 +176,15 @@ class Recommender:
         seen = None
         if exclude_seen:
             seen = self.user_items_ if user_items is None else check_user_items(user_items, self.n_items_)
+            if len(users) and users.max() >= seen.shape[0]:
+                raise InputError(f"user_items has {seen.shape[0]} rows but user {int(users.max())} was asked for; "
+                                 "pass one row per user index")
         blocked = None
         if items is not None:
-            allowed = np.asarray(items, dtype=np.int64)
+            raw = np.asarray(items)
+            if raw.size and raw.dtype.kind not in "iu":
+                raise InputError(f"candidate items must be integer indices, got dtype {raw.dtype}")
+            allowed = raw.astype(np.int64)
             if allowed.size and (allowed.min() < 0 or allowed.max() >= self.n_items_):
                 raise InputError(f"candidate item index out of range [0, {self.n_items_})")
             blocked = np.ones(self.n_items_, bool)

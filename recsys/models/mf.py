@@ -156,12 +156,12 @@ class MFModel(FactorModel):
         data = self._prepare(user_items)
         with _blas_one_thread():
             impl = self._make_implicit(use_gpu)
-            callback = None
+            callback: Callable[..., None] | None = None
             best: dict[str, Any] = {}
             if validation is not None:
                 state = {"since_best": 0}
 
-                def callback(iteration: int, *_: Any) -> None:
+                def evaluate_every(iteration: int, *_: Any) -> None:
                     it = iteration + 1
                     if it % eval_every and it != self.iterations:
                         return
@@ -182,6 +182,8 @@ class MFModel(FactorModel):
                         state["since_best"] += 1
                         if patience is not None and state["since_best"] >= patience:
                             raise _StopFit
+
+                callback = evaluate_every
 
             try:
                 impl.fit(data, show_progress=self.show_progress, callback=callback)
