@@ -119,6 +119,16 @@ def _log_training_curve(history: list[dict[str, float]], title: str) -> None:
     tracking.log_figure(training_curves(rows, title=title), "plots/validation_curve.png")
 
 
+def _log_popularity(dataset: Any, model: Any, model_name: str, k: int = 10) -> None:
+    """``plots/popularity.png``: popularity of recommended items against the catalogue."""
+    from recsys.plots import popularity_curve
+
+    train = dataset.matrix("train")
+    users = np.flatnonzero(np.diff(dataset.matrix("test").indptr))
+    ids, _ = model.recommend(users, k=k)
+    tracking.log_figure(popularity_curve(train, {model_name: ids}, k=k), "plots/popularity.png")
+
+
 def _write_artifacts(
     dataset: Any,
     model: Any,
@@ -155,6 +165,7 @@ def _write_artifacts(
         fig = metrics_vs_k_figure(m_test, f"{model_name} on {dataset_name} (test)")
         fig.savefig(out / "metrics_at_k.png", dpi=110, bbox_inches="tight")
         tracking.log_figure(fig, "plots/metrics_at_k.png")
+        _log_popularity(dataset, model, model_name)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -101,7 +101,7 @@ def test_cli_train_logs_everything_to_the_default_local_store(
     assert top >= {"model", "id_maps", "plots", "config.json", "metrics.json", "dataset", "tuning"}
     assert {f.path for f in client.list_artifacts(parent.info.run_id, "model")} == {"model/model.npz", "model/factors.npz"}
     plots = {f.path for f in client.list_artifacts(parent.info.run_id, "plots")}
-    assert plots == {"plots/metrics_at_k.png", "plots/validation_curve.png"}
+    assert plots == {"plots/metrics_at_k.png", "plots/validation_curve.png", "plots/popularity.png"}
     assert parent.info.artifact_uri.startswith((tmp_path / "mlartifacts").resolve().as_uri())
 
 
