@@ -40,7 +40,7 @@ from recsys.data.splits import split
 from recsys.data.transforms import aggregate_pairs, apply_weights, categories_frame, encode_expr, kcore_mask, new_categories
 from recsys.data.validate import P_OK, annotate, canonical_frame, check_reject_share, empty_rejects, reason_counts, rejects_frame
 from recsys.errors import InputError
-from recsys.io import atomic_dir, sha256_file, write_json
+from recsys.io import atomic_dir, read_json, sha256_file, write_json
 
 __all__ = ["BuildConfig", "WeightConfig", "build_dataset"]
 log = logging.getLogger(__name__)
@@ -89,7 +89,7 @@ def map_codes(uniq: pl.DataFrame, id_col: str, code_col: str, used_codes: np.nda
     j = j.filter(pl.Series(used[j[code_col].to_numpy()]))
     new = j.filter(pl.col("idx").is_null()).sort(id_col)
     start = len(idmap)
-    idmap.extend(new[id_col].to_list())
+    idmap.append_new(new[id_col].to_list())
     lookup = np.full(size, -1, dtype=np.int32)
     old = j.filter(pl.col("idx").is_not_null())
     lookup[old[code_col].to_numpy()] = old["idx"].to_numpy()
@@ -103,10 +103,17 @@ def _items_table(config: BuildConfig, item_map: IdMap) -> tuple[pl.DataFrame, di
         return base, {"rows": 0}, []
     id_col = config.item_id_col or config.mapping.item
     meta, files, stats = read_items(config.items, id_col, config.item_text_cols)
+    # Catalogue items without any interaction yet are the true cold-start items: they get an
+    # index (appended, so existing indices never move) and later a content-only vector.
+    new = meta.filter(~pl.col("external_id").is_in(base["external_id"].implode()))["external_id"].to_list()
+    if new:
+        item_map.append_new(new)
+        base = item_map.to_frame().rename({"idx": "item_idx"})
+        log.info("%d catalogue items have no interactions yet: indexed as cold items (content only)", len(new))
     out = base.join(meta, on="external_id", how="left").sort("item_idx")
     missing = out.filter(pl.col("__has_meta").is_null()).height
     out = out.drop("__has_meta").with_columns([pl.col(c).fill_null("") for c in config.item_text_cols])
-    stats |= {"items_without_metadata": missing, "metadata_rows_not_in_map": stats["rows_unique"] - (out.height - missing)}
+    stats |= {"items_without_metadata": missing, "items_without_interactions": len(new)}
     if missing:
         log.warning("%d of %d items have no metadata row (text columns left empty)", missing, out.height)
     return out, stats, files
@@ -135,7 +142,8 @@ def build_dataset(
     Returns
     -------
     Dataset
-        The dataset as loaded from ``out``; ``dataset.manifest`` holds the row accounting.
+        The dataset written to ``out`` (equal to ``Dataset.load(out)``, without the
+        re-read); ``dataset.manifest`` holds the row accounting.
 
     Raises
     ------
@@ -181,10 +189,6 @@ def build_dataset(
         reference_time=_reference_time(config),
         drop_below_threshold=False,
     )
-    # One streaming pass: every row gets a status (null = good, else a reject reason or
-    # "below_threshold"); good rows get dense codes for their ids and are merged on one
-    # uint64 (user, item) key, the others collapse into one group per status. So the
-    # log is read once and never held in memory as 10M rows of strings.
     # One streaming pass. Good rows get dense codes for their ids (inside the scan) and
     # are merged on one uint64 (user, item) key; rejected rows share the null key and
     # rows below the rating threshold a sentinel key, so their groups are just counts.
@@ -193,15 +197,18 @@ def build_dataset(
     if w.weighting == "threshold":
         ok = ok & ~pl.col("below_threshold")
     ucats, icats = new_categories(), new_categories()
-    key = encode_expr("user_id", ok, ucats).cast(pl.UInt64) * _SHIFT + encode_expr("item_id", ok, icats).cast(pl.UInt64)
+    key = pl.col("__u").to_physical().cast(pl.UInt64) * _SHIFT + pl.col("__i").to_physical().cast(pl.UInt64)
     if w.weighting == "threshold":
         key = pl.coalesce(key, pl.when(pl.col(P_OK)).then(pl.lit(_BELOW_KEY, pl.UInt64)))
     plan = aggregate_pairs(
-        weighted.with_columns(key.alias("__key")).drop("user_id", "item_id", P_OK, "below_threshold", strict=False),
-        w.aggregate, keys=("__key",), count="__n", event_order_is_weight=by_type,
+        weighted.with_columns(encode_expr("user_id", ok, ucats).alias("__u"), encode_expr("item_id", ok, icats).alias("__i"))
+        .with_columns(key.alias("__key"))
+        .drop("user_id", "item_id", P_OK, "below_threshold", strict=False),
+        w.aggregate, keys=("__key",), count="__n", event_order_is_weight=by_type, carry=("__u", "__i"),
     )
     try:
-        grouped = plan.collect(engine="streaming")
+        # one chunk: the streaming engine returns many, and gathers across chunks are slow
+        grouped = plan.collect(engine="streaming").rechunk()
     except pl.exceptions.ComputeError as e:
         raise InputError(f"cannot read the events {config.events.path}: {e}") from None
     special = grouped["__key"].is_null() | (grouped["__key"] == _BELOW_KEY)
@@ -215,6 +222,11 @@ def build_dataset(
     if n_rejected:  # second, filtered pass for the rejected rows and their reasons
         full = annotate(scan, m, time_unit=config.time_unit, time_format=config.time_format, known_event_types=known)
         rejects = rejects_frame(full, m).collect()
+        if rejects.height != n_rejected:  # both passes apply the same rules to the same files
+            raise InputError(
+                f"the events changed while being read ({n_rejected} rows failed validation in the first pass, "
+                f"{rejects.height} in the second); rerun when the input is complete"
+            )
     else:
         rejects = empty_rejects(m)
     counts = reason_counts(rejects)
@@ -233,8 +245,8 @@ def build_dataset(
         )
     user_map, item_map = _load_maps(prev)
     n_users_before, n_items_before = len(user_map), len(item_map)
-    u_lookup, users_added = map_codes(categories_frame(ucats, "user_id", "user_code"), "user_id", "user_code", ucode[keep], user_map)
-    i_lookup, items_added = map_codes(categories_frame(icats, "item_id", "item_code"), "item_id", "item_code", icode[keep], item_map)
+    u_lookup, users_added = map_codes(categories_frame(agg["__u"], "user_id", "user_code"), "user_id", "user_code", ucode[keep], user_map)
+    i_lookup, items_added = map_codes(categories_frame(agg["__i"], "item_id", "item_code"), "item_id", "item_code", icode[keep], item_map)
     lap("kcore_idmaps")
     uidx, iidx = u_lookup[ucode[keep]], i_lookup[icode[keep]]
     order = np.argsort(uidx.astype(np.int64) * _SHIFT + iidx)  # keys are unique: no need for a stable sort
@@ -303,5 +315,6 @@ def build_dataset(
         "dataset %s: %d users, %d items, splits %s (%s) in %.1fs",
         out, len(user_map), len(item_map), manifest["rows"]["splits"], manifest["weighting"]["description"], time.perf_counter() - t0,
     )
-    return Dataset.load(out)
+    # the tables just written, without reading them back (same dtypes as Dataset.load)
+    return Dataset(splits=parts, user_map=user_map, item_map=item_map, items=items_df, manifest=read_json(out / "manifest.json"), path=out)
 

@@ -67,6 +67,26 @@ class IdMap:
                 added += 1
         return added
 
+    def append_new(self, external_ids: Sequence[str]) -> None:
+        """Append ids known to be new and distinct (a bulk :meth:`extend` without per-id checks).
+
+        The build appends hundreds of thousands of ids at once after it has already
+        joined them against the map; this skips the Python loop of :meth:`extend`.
+
+        Raises
+        ------
+        InputError
+            If an id is already in the map or repeated (the map would lose its 1:1 property).
+        """
+        ids = [str(x) for x in external_ids]
+        start = len(self._ids)
+        self._index.update(zip(ids, range(start, start + len(ids))))
+        self._ids.extend(ids)
+        if len(self._index) != len(self._ids):
+            del self._ids[start:]
+            self._index = {s: i for i, s in enumerate(self._ids)}
+            raise InputError(f"append_new got {self.name} ids that are repeated or already known")
+
     def to_index(self, external_ids: Iterable[object] | object, missing: str = "raise") -> np.ndarray | int:
         """Map external id(s) to indices.
 

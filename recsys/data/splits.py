@@ -126,11 +126,14 @@ def _positional(user: np.ndarray, order: np.ndarray, test_frac: float | None, n_
     starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
     pos = np.empty(len(user), dtype=np.int64)
     pos[order] = np.arange(len(user)) - starts[user[order]] + 1  # 1-based
-    n = counts[user]
-    n_test = _holdout_count(n, test_frac) if test_frac is not None else _last_count(n, n_last or 1)
-    rest = n - n_test
+    # the counts are per user (few), the comparison per row (many)
+    n_test = _holdout_count(counts, test_frac) if test_frac is not None else _last_count(counts, n_last or 1)
+    rest = counts - n_test
     n_valid = _holdout_count(rest, valid_frac) if valid_frac is not None else _last_count(rest, n_last or 1)
-    return np.where(pos > rest, 2, np.where(pos > rest - n_valid, 1, 0)).astype(np.int8)
+    part = np.zeros(len(user), dtype=np.int8)
+    part[pos > (rest - n_valid)[user]] = 1
+    part[pos > rest[user]] = 2
+    return part
 
 
 def assign_parts(df: pl.DataFrame, config: SplitConfig) -> pl.Series:
@@ -150,7 +153,7 @@ def assign_parts(df: pl.DataFrame, config: SplitConfig) -> pl.Series:
     if config.strategy == "random":
         rng = np.random.default_rng([config.seed, 2])
         # user + U[0,1) sorts by user, then randomly within the user: one argsort
-        order = np.argsort(user + rng.random(df.height), kind="stable")
+        order = np.argsort(user + rng.random(df.height))  # keys unique (a.s.): sort kind irrelevant
         return pl.Series(_PART, _positional(user, order, float(config.test_frac), None, float(config.valid_frac)))
     if config.strategy == "leave_last_n":
         # by time within user; ties broken by item index, deterministically

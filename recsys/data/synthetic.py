@@ -144,9 +144,10 @@ def generate_events(cfg: SyntheticConfig) -> pl.DataFrame:
     hour = (rng.normal(19.0, 4.0, n) % 24.0) * 3600.0
     ts = start + day * 86_400 + hour.astype(np.int64)
     cols: dict[str, np.ndarray | pl.Series] = {"user_id": users.astype(np.int64), "item_id": items, "timestamp": ts}
+    del day, hour
     if cfg.event_types:
         codes = _sample(np.cumsum(EVENT_PROBS), rng, n)
-        cols["event_type"] = pl.Series(np.asarray(EVENT_TYPES)[codes])
+        cols["event_type"] = pl.Series(EVENT_TYPES).gather(codes)  # no 20M-element numpy unicode array
     if cfg.ratings:
         base = np.where(in_own, 4.0, 2.5) + rng.normal(0.0, 1.0, n)
         cols["rating"] = (np.clip(np.round(base * 2) / 2, 0.5, 5.0)).astype(np.float32)

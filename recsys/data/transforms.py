@@ -94,6 +94,7 @@ def aggregate_pairs(
     keys: tuple[str, ...] = ("user_code", "item_code"),
     count: str | None = None,
     event_order_is_weight: bool = False,
+    carry: tuple[str, ...] = (),
 ) -> pl.LazyFrame:
     """Combine repeated interactions of one user with one item into a single row.
 
@@ -106,6 +107,8 @@ def aggregate_pairs(
         ``rating`` the latest, ``event_type`` that of the strongest interaction.
     count : str or None
         Name of an extra column with the number of rows merged into each group.
+    carry : tuple of str
+        Columns constant within a group, kept with ``first()``.
     event_order_is_weight : bool
         ``event_type`` is an ``Enum`` ordered by weight and the weight depends on the
         event type only, so the strongest event is simply the ``max`` (a cheap reduction
@@ -142,6 +145,7 @@ def aggregate_pairs(
             aggs.append(pl.col("event_type").get(pl.col("weight").arg_max()))
     if count is not None:
         aggs.append(pl.len().alias(count))
+    aggs += [pl.col(c).first() for c in carry]
     return lf.group_by(list(keys)).agg(aggs)
 
 
@@ -180,11 +184,15 @@ def kcore_mask(user_code: np.ndarray, item_code: np.ndarray, min_user: int, min_
 
 def new_categories() -> Any:
     """A fresh, private categorical namespace: its codes are dense ``0..k-1`` for one column."""
+    if not hasattr(pl, "Categories"):
+        raise ConfigError(f"recsys needs polars >= 1.32 (categorical namespaces); this is polars {pl.__version__}")
     return pl.Categories.random()
 
 
 def encode_expr(column: str, keep: pl.Expr, categories: Any) -> pl.Expr:
-    """Dense ``uint32`` code of an id column (rows where ``keep`` is false get null).
+    """An id column as a categorical of a private namespace (null where ``keep`` is false).
+
+    Its ``to_physical()`` is a dense ``uint32`` code.
 
     Codes are arbitrary labels in order of appearance (possibly different between runs
     of a multi-threaded scan): they only feed the k-core counts and the merge key, and
@@ -194,10 +202,14 @@ def encode_expr(column: str, keep: pl.Expr, categories: Any) -> pl.Expr:
     """
     # encode every row, then drop the codes of bad rows: a when/then on the strings
     # would copy them; ids of bad rows only add unused entries to the namespace
-    return pl.when(keep).then(pl.col(column).cast(pl.String).cast(pl.Categorical(categories)).to_physical())
+    return pl.when(keep).then(pl.col(column).cast(pl.String).cast(pl.Categorical(categories)))
 
 
-def categories_frame(categories: Any, column: str, code: str) -> pl.DataFrame:
-    """The ``(code, id)`` table of a namespace filled by :func:`encode_expr`."""
-    ids = categories.to_series()
-    return pl.DataFrame({code: pl.Series(np.arange(len(ids)), dtype=pl.UInt32), column: ids.cast(pl.String)})
+def categories_frame(values: pl.Series, column: str, code: str) -> pl.DataFrame:
+    """The ``(code, id)`` table of the categorical values produced by :func:`encode_expr`.
+
+    Built from the distinct values in bulk (the namespace itself can only be read one
+    category at a time, in Python).
+    """
+    u = values.drop_nulls().unique()
+    return pl.DataFrame({code: u.to_physical().cast(pl.UInt32), column: u.cast(pl.String)})

@@ -235,7 +235,8 @@ def annotate(
             rules.append((pl.col(P_EVENT).is_null(), "event_type_unknown"))
     base = lf.select(*dict.fromkeys(mapping.input_columns())).with_columns(parsed)
     if not reasons:  # a cheap boolean: one OR per rule instead of a string per row
-        return base.with_columns(pl.any_horizontal([cond for cond, _ in rules]).not_().alias(P_OK))
+        # a null condition counts as false, exactly as in the when/then chain below
+        return base.with_columns(pl.any_horizontal([cond.fill_null(False) for cond, _ in rules]).not_().alias(P_OK))
     (first_cond, first_name), *rest = rules  # the two id rules always exist
     reason = pl.when(first_cond).then(pl.lit(first_name))
     for cond, name in rest:
