@@ -44,7 +44,7 @@ from mlflow.models.signature import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from recsys.errors import InputError
-from recsys.serving.bundle import verify_bundle
+from recsys.serving.reader import verify_bundle
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import numpy as np
 from recsys.errors import BundleError, InputError, UnknownIdError
 from recsys.index.base import VectorIndex, check_k, check_vectors, normalize_rows
 from recsys.index.exact import ExactIndex
-from recsys.serving.bundle import BundleData, load_index, read_bundle
+from recsys.serving.reader import BundleData, load_index, read_bundle
 from recsys.serving.versions import resolve_bundle
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from pathlib import Path
 
 from recsys.errors import BundleError
 from recsys.io import read_json, write_json
+from recsys.serving.reader import MANIFEST, verify_bundle
 
 log = logging.getLogger(__name__)
 
 LATEST = "latest"
-MANIFEST = "manifest.json"  # same as recsys.serving.bundle.MANIFEST (imported lazily: no cycle)
 HISTORY = "history.json"
 
 
@@ -61,8 +61,6 @@ def publish(root: str | os.PathLike, version: str, action: str = "publish") -> P
     target = root / "bundles" / version
     if not target.is_dir():
         raise BundleError(f"no bundle {version!r} under {root / 'bundles'}; known: {list_bundles(root)[-5:]}")
-    from recsys.serving.bundle import verify_bundle
-
     verify_bundle(target)
     before = current(root)
     tmp = root / f".{LATEST}.{uuid.uuid4().hex}"

@@ -1,0 +1,218 @@
+"""Retrieval benchmark: Retriever.recommend at k=100, Annoy bundle vs exact numpy search.
+
+For each catalogue size (10k, 100k, 1M items x 64 dims; ``--quick``: 10k, 100k) and for
+the embedded MovieLens latest-small with a quick implicit ALS (real vectors), it exports a
+bundle with the recall gate (recall@100 vs exact on 1000 real user queries, ``search_k``
+tuned upwards), then measures in the same run:
+
+* single-query latency p50/p99 of ``Retriever.recommend(user, k=100)`` (seen items
+  excluded) with the Annoy backend and with the exact backend;
+* batch throughput (users/s) of ``recommend(list_of_1000_users, k=100)`` for both;
+* build time (forest only, and the whole export with the gate) and index size.
+
+Synthetic catalogues are not isotropic Gaussian noise (on which no tree index works):
+like MF factors they have cluster structure and a skewed norm (popularity) distribution;
+see :func:`synthetic`. ``--compare-dot`` also measures Annoy's own ``dot`` metric at the
+same ``search_k``. Results go to ``benchmarks/results/retrieval.json``.
+
+    .venv/bin/python benchmarks/bench_retrieval.py --quick
+    .venv/bin/python benchmarks/bench_retrieval.py            # + 1M items (minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from recsys import Retriever  # noqa: E402
+from recsys.index.annoy_index import AnnoyIndex  # noqa: E402
+from recsys.index.recall import exact_topk, recall_at_k  # noqa: E402
+from recsys.serving.bundle import IndexConfig, export_bundle  # noqa: E402
+
+
+def synthetic(n_items: int, n_users: int, dim: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """MF-like vectors: 4*sqrt(n) cluster centres, items/users near one of them, and a
+    log-normal per-item scale standing in for popularity (like ALS item norms)."""
+    rng = np.random.default_rng(seed)
+    n_c = int(4 * np.sqrt(n_items))
+    centres = rng.normal(size=(n_c, dim)).astype(np.float32)
+    items = centres[rng.integers(n_c, size=n_items)] + 0.6 * rng.normal(size=(n_items, dim)).astype(np.float32)
+    items *= rng.lognormal(0.0, 0.3, size=(n_items, 1)).astype(np.float32)
+    users = centres[rng.integers(n_c, size=n_users)] + 0.6 * rng.normal(size=(n_users, dim)).astype(np.float32)
+    return items.astype(np.float32), users.astype(np.float32)
+
+
+def random_seen(n_users: int, n_items: int, per_user: int = 20, seed: int = 1) -> sp.csr_matrix:
+    rng = np.random.default_rng(seed)
+    cols = rng.integers(n_items, size=(n_users, per_user)).ravel()
+    rows = np.repeat(np.arange(n_users), per_user)
+    m = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(n_users, n_items))
+    m.sum_duplicates()
+    return m
+
+
+def latency(fn, users: list[str]) -> tuple[float, float, float, float]:
+    """Wall p50, p99 and CPU (thread time) p50, p99 in ms over single calls.
+
+    On a shared machine the wall clock includes waiting for a core; the thread's CPU
+    time does not, so both are reported."""
+    for u in users[:20]:
+        fn(u)
+    wall, cpu = [], []
+    for u in users:
+        s, c = time.perf_counter(), time.thread_time()
+        fn(u)
+        cpu.append(time.thread_time() - c)
+        wall.append(time.perf_counter() - s)
+    w, c = np.asarray(wall) * 1e3, np.asarray(cpu) * 1e3
+    return (float(np.percentile(w, 50)), float(np.percentile(w, 99)),
+            float(np.percentile(c, 50)), float(np.percentile(c, 99)))
+
+
+def throughput(fn, users: list[str], repeats: int = 3) -> float:
+    """Users per second of one batched call, median of ``repeats``."""
+    times = []
+    for _ in range(repeats):
+        s = time.perf_counter()
+        fn(users)
+        times.append(time.perf_counter() - s)
+    return len(users) / float(np.median(times))
+
+
+def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matrix, workdir: Path,
+              cfg: IndexConfig, n_lat: int, compare_dot: bool, foldin: dict | None = None,
+              sweep: bool = False) -> dict:
+    n_items = len(items)
+    item_ids = [f"i{i}" for i in range(n_items)]
+    user_ids = [f"u{u}" for u in range(len(users))]
+    t0 = time.perf_counter()
+    info = export_bundle(workdir / name, item_vectors=items, item_ids=item_ids, user_vectors=users, user_ids=user_ids,
+                         seen=seen, similarity="dot", config=cfg, foldin=foldin)
+    export_s = time.perf_counter() - t0
+    ann = Retriever.load(info.path, backend="annoy")
+    ex = Retriever.load(info.path, backend="exact")
+    rng = np.random.default_rng(0)
+    lat_users = list(rng.choice(user_ids, min(n_lat, len(user_ids)), replace=False))
+    batch_users = list(rng.choice(user_ids, min(1000, len(user_ids)), replace=False))
+    a50, a99, ac50, ac99 = latency(lambda u: ann.recommend(u, k=100), lat_users)
+    n_ex = lat_users if n_items <= 100_000 else lat_users[: max(50, len(lat_users) // 10)]  # exact at 1M: ~30 ms each
+    e50, e99, ec50, ec99 = latency(lambda u: ex.recommend(u, k=100), n_ex)
+    a_qps = throughput(lambda us: ann.recommend(us, k=100), batch_users, repeats=1 if n_items > 100_000 else 3)
+    e_qps = throughput(lambda us: ex.recommend(us, k=100), batch_users, repeats=1 if n_items > 100_000 else 3)
+    # recall of what the service returns (seen items excluded) vs the exact backend
+    a_ids, _ = ann.recommend(batch_users[:300], k=100)
+    e_ids, _ = ex.recommend(batch_users[:300], k=100)
+    served_recall = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(a_ids, e_ids)]))
+    row = {
+        "name": name, "n_items": n_items, "dim": items.shape[1], "n_trees": cfg.n_trees,
+        "search_k": info.search_k, "gate_recall@100": info.recall, "served_recall@100": served_recall,
+        "build_s": info.build_seconds, "export_s": export_s, "index_mb": info.index_bytes / 2**20,
+        "annoy_p50_ms": a50, "annoy_p99_ms": a99, "exact_p50_ms": e50, "exact_p99_ms": e99,
+        "annoy_cpu_p50_ms": ac50, "annoy_cpu_p99_ms": ac99, "exact_cpu_p50_ms": ec50, "exact_cpu_p99_ms": ec99,
+        "annoy_batch_qps": a_qps, "exact_batch_qps": e_qps,
+    }
+    if sweep:  # the recall / latency trade-off around the gate's choice
+        base = ann._index.search_k
+        truth = ex.recommend(batch_users[:200], k=100)[0]
+        curve = []
+        for f in (0.125, 0.25, 0.5, 1.0):
+            ann._index.search_k = max(100, int(base * f))
+            got = ann.recommend(batch_users[:200], k=100)[0]
+            rec = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(got, truth)]))
+            w50, w99, c50, c99 = latency(lambda u: ann.recommend(u, k=100), lat_users[:300])
+            curve.append({"search_k": ann._index.search_k, "served_recall@100": rec, "p50_ms": w50, "p99_ms": w99,
+                          "cpu_p50_ms": c50, "cpu_p99_ms": c99})
+            print(f"    {name} search_k {ann._index.search_k}: recall {rec:.3f} p50 {w50:.2f} p99 {w99:.2f} "
+                  f"cpu p50 {c50:.2f} p99 {c99:.2f} ms", file=sys.stderr, flush=True)
+        ann._index.search_k = base
+        row["sweep"] = curve
+    if compare_dot:
+        ix = AnnoyIndex("dot", n_trees=cfg.n_trees, metric="dot", seed=cfg.seed, search_k=info.search_k).build(items)
+        q = users[rng.choice(len(users), min(1000, len(users)), replace=False)]
+        row["annoy_dot_metric_recall@100"] = recall_at_k(ix, q, exact_topk(items, q, 100, "dot"), 100)
+        del ix
+    print(f"  {name}: done in {time.perf_counter() - t0:.0f}s: {json.dumps(row)}", file=sys.stderr, flush=True)
+    shutil.rmtree(workdir / name, ignore_errors=True)
+    return row
+
+
+def movielens_vectors() -> tuple[np.ndarray, np.ndarray, sp.csr_matrix, dict]:
+    import polars as pl
+    from conftest import ML_SMALL, random_split_dataset
+    from serving_fixtures import ALS_PARAMS, train_quick_als
+
+    r = pl.read_csv(ML_SMALL / "ratings.csv").select(
+        user=pl.col("userId"), item=pl.col("movieId"), weight=pl.col("rating").cast(pl.Float32), timestamp="timestamp")
+    real = train_quick_als(random_split_dataset(r))
+    foldin = {"method": "als", "regularization": ALS_PARAMS["regularization"], "alpha": ALS_PARAMS["alpha"]}
+    return real.item_vectors, real.user_vectors, real.train, foldin
+
+
+COLS = [("name", "{}"), ("n_items", "{:,}"), ("search_k", "{:,}"), ("gate_recall@100", "{:.3f}"),
+        ("served_recall@100", "{:.3f}"), ("build_s", "{:.1f}"), ("index_mb", "{:.0f}"),
+        ("annoy_p50_ms", "{:.2f}"), ("annoy_p99_ms", "{:.2f}"), ("annoy_cpu_p50_ms", "{:.2f}"),
+        ("annoy_cpu_p99_ms", "{:.2f}"), ("exact_p50_ms", "{:.2f}"), ("exact_p99_ms", "{:.2f}"),
+        ("exact_cpu_p50_ms", "{:.2f}"), ("exact_cpu_p99_ms", "{:.2f}"),
+        ("annoy_batch_qps", "{:,.0f}"), ("exact_batch_qps", "{:,.0f}"), ("p50 exact/annoy", "{:.1f}x"),
+        ("annoy_dot_metric_recall@100", "{:.3f}")]
+
+
+def table(rows: list[dict]) -> str:
+    for r in rows:
+        r["p50 exact/annoy"] = r["exact_p50_ms"] / max(r["annoy_p50_ms"], 1e-9)
+    cols = [(c, f) for c, f in COLS if any(c in r for r in rows)]
+    cells = [[c for c, _ in cols]] + [[f.format(r[c]) if c in r else "-" for c, f in cols] for r in rows]
+    w = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(x.rjust(w[i]) for i, x in enumerate(row)) for row in cells)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="10k and 100k items only")
+    p.add_argument("--sizes", type=int, nargs="*", help="catalogue sizes (default 10k 100k 1M)")
+    p.add_argument("--trees", type=int, default=50)
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--latency-queries", type=int, default=1000)
+    p.add_argument("--compare-dot", action="store_true", help="also measure Annoy's 'dot' metric")
+    p.add_argument("--no-movielens", action="store_true")
+    p.add_argument("--sweep", action="store_true", help="recall/latency at 1/8..1x the gate's search_k")
+    p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "retrieval.json"))
+    a = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    sizes = a.sizes or ([10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000])
+    cfg = IndexConfig(n_trees=a.trees, recall_k=100, min_recall=0.95, n_queries=1000)
+    work = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
+    rows = []
+    try:
+        if not a.no_movielens:
+            items, users, seen, foldin = movielens_vectors()
+            rows.append(bench_one("ml-small-als", items, users, seen, work, cfg, a.latency_queries, a.compare_dot, foldin,
+                                  a.sweep))
+        for n in sizes:
+            items, users = synthetic(n, a.users, seed=n)
+            rows.append(bench_one(f"synthetic-{n // 1000}k", items, users, random_seen(a.users, n), work, cfg,
+                                  a.latency_queries, a.compare_dot, sweep=a.sweep))
+            del items, users
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(table(rows))
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"rows": rows, "argv": sys.argv[1:], "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
+    print(f"written {out}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""The retriever as an MLflow pyfunc model: log, register, load, and serve over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from recsys import Retriever
+from recsys.serving.bundle import IndexConfig, export_bundle
+from recsys.serving.mlflow_model import log_retriever_model, signature
+
+N_ITEMS, N_USERS, DIM = 500, 40, 8
+
+
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory):
+    """A small bundle logged and registered as ``recsys@champion`` in a sqlite store."""
+    tmp = tmp_path_factory.mktemp("mlflow")
+    rng = np.random.default_rng(0)
+    seen = sp.random(N_USERS, N_ITEMS, density=0.02, format="csr", random_state=0)
+    info = export_bundle(tmp / "root", item_vectors=rng.normal(size=(N_ITEMS, DIM)).astype(np.float32),
+                         item_ids=[f"m{i}" for i in range(N_ITEMS)], seen=seen,
+                         user_vectors=rng.normal(size=(N_USERS, DIM)).astype(np.float32),
+                         user_ids=[str(u) for u in range(N_USERS)], config=IndexConfig(n_trees=5, n_jobs=1))
+    uri = f"sqlite:///{tmp}/mlruns.db"
+    old = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("retriever-test")
+    try:
+        with mlflow.start_run() as run:
+            model_info = log_retriever_model(info.path, registered_model_name="recsys", alias="champion")
+    finally:
+        mlflow.set_tracking_uri(old)
+    return dict(uri=uri, run_id=run.info.run_id, info=info, model_info=model_info, tmp=tmp)
+
+
+def _expected(info, user: str, k: int) -> list[str]:
+    return list(Retriever.load(info.path).recommend(user, k=k)[0])
+
+
+def test_pyfunc_load_and_predict_matches_the_retriever(registered):
+    mlflow.set_tracking_uri(registered["uri"])
+    model = mlflow.pyfunc.load_model("models:/recsys@champion")
+    df = pd.DataFrame([{"user_id": "3"}, {"user_id": "stranger"}, {"history": "m1, m2"}, {"item_id": "m7"}])
+    out = model.predict(df, params={"k": 4})
+    assert list(out.columns) == ["row", "rank", "item_id", "score"]
+    assert out.groupby("row").size().tolist() == [4, 4, 4, 4]
+    assert out[out.row == 0].item_id.tolist() == _expected(registered["info"], "3", 4)
+    assert out[out["row"] == 0]["rank"].tolist() == [1, 2, 3, 4]
+    r = Retriever.load(registered["info"].path)
+    assert out[out.row == 2].item_id.tolist() == list(r.recommend_from_history(["m1", "m2"], k=4)[0])
+    assert out[out.row == 3].item_id.tolist() == list(r.similar_items("m7", k=4)[0])
+
+
+def test_signature_documents_inputs_outputs_and_params(registered):
+    sig = signature()
+    assert sig.inputs.input_names() == ["user_id", "history", "item_id"]
+    assert sig.outputs.input_names() == ["row", "rank", "item_id", "score"]
+    assert {p.name: p.default for p in sig.params.params} == {"k": 10, "exclude_seen": True}
+    meta = mlflow.models.Model.load(_local_model(registered))
+    assert meta.signature == sig and meta.metadata["bundle_version"] == registered["info"].version
+
+
+def _local_model(registered) -> str:
+    mlflow.set_tracking_uri(registered["uri"])
+    return mlflow.artifacts.download_artifacts(f"runs:/{registered['run_id']}/retriever",
+                                               dst_path=str(registered["tmp"] / "dl"))
+
+
+def test_retriever_loads_from_registry_alias_and_run_uris(registered):
+    r = Retriever.load("models:/recsys@champion", tracking_uri=registered["uri"])
+    assert r.version == registered["info"].version
+    r2 = Retriever.load(f"runs:/{registered['run_id']}/retriever", tracking_uri=registered["uri"])
+    assert list(r2.recommend("5", k=3)[0]) == _expected(registered["info"], "5", 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_http(registered):
+    port = _free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    # the server execs `uvicorn` from PATH: the venv's bin must come first
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"],
+           "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "models", "serve", "-m", "models:/recsys@champion", "-h", "127.0.0.1", "-p", str(port),
+         "--env-manager", "local", "-w", "1"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=registered["tmp"],
+    )
+    try:
+        deadline = time.time() + 150  # a loaded 2-core CI box needs ~45 s
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                out = proc.stdout.read().decode() if proc.poll() is not None else "(still running)"
+                pytest.fail(f"mlflow models serve did not come up: {out[-3000:]}")
+            time.sleep(0.5)
+        body = json.dumps({"dataframe_records": [{"user_id": "3"}, {"user_id": "nobody"}], "params": {"k": 5}}).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            answer = json.loads(resp.read())
+        rows = answer["predictions"]
+        assert [r["item_id"] for r in rows if r["row"] == 0] == _expected(registered["info"], "3", 5)
+        assert len([r for r in rows if r["row"] == 1]) == 5 and rows[0]["rank"] == 1
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
