@@ -208,3 +208,34 @@ def test_sigkill_mid_step_leaves_previous_bundle_serving_and_rerun_completes(wor
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert os.readlink(out / "latest") != live
     assert len(list_bundles(out)) == len(bundles_before) + 1
+
+
+def test_windowed_partitions_rerun_only_when_the_window_changes(workspace: Path):
+    """A daily job over dt= partitions: partitions outside the window change nothing."""
+    ratings = pl.read_csv(workspace / "ratings.csv")
+    logs = workspace / "events"
+    days = ["2026-11-20", "2026-11-21", "2026-11-22"]
+    for i, day in enumerate(days):
+        part = logs / f"dt={day}"
+        part.mkdir(parents=True)
+        ratings.filter(pl.col("userId") % 3 == i).write_parquet(part / "part-0.parquet")
+    out = workspace / "windowed"
+    window = ("--events", str(logs), "--as-of", "2026-11-22", "--window-days", "2")
+    first = recsys(workspace, out, *window, model="windowed")
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest = json.loads((out / "dataset" / "manifest.json").read_text())
+    assert manifest["rows"]["in"] == ratings.filter(pl.col("userId") % 3 != 0).height  # 11-21 and 11-22 only
+    # a late partition older than the window: nothing to do
+    old = logs / "dt=2026-11-01"
+    old.mkdir()
+    ratings.head(10).write_parquet(old / "part-0.parquet")
+    second = recsys(workspace, out, *window, model="windowed")
+    assert second.returncode == 0 and not any(s["ran"] for s in record(out)["steps"])
+    # tonight's partition inside the window: the dataset and everything after it re-run
+    new = logs / "dt=2026-11-23"
+    new.mkdir()
+    ratings.filter(pl.col("userId") % 3 == 0).write_parquet(new / "part-0.parquet")
+    third = recsys(workspace, out, "--events", str(logs), "--as-of", "2026-11-23", "--window-days", "2", model="windowed")
+    assert third.returncode == 0, third.stderr[-3000:]
+    steps = {s["name"]: s["ran"] for s in record(out)["steps"]}
+    assert steps["dataset"] and steps["train-als"] and steps["export"], steps
