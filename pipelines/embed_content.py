@@ -96,6 +96,8 @@ def load_items(opts: dict[str, Any]) -> pl.DataFrame:
     from recsys.data.dataset import Dataset
     from recsys.embeddings.content import aggregate_tags
 
+    if not Path(opts["dataset"]).is_dir():
+        raise InputError(f"dataset directory {opts['dataset']} does not exist; run `recsys build-dataset --out DIR` first")
     ds = Dataset.load(opts["dataset"])
     items = ds.items
     if items.is_empty():

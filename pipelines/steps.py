@@ -185,8 +185,8 @@ def blend_step(ctx: RunContext, ds: Dataset, model_path: str, content_path: str 
         table = ItemVectorTable(np.where((counts > 0)[:, None], cf, 0.0), prov, (counts > 0).astype(np.float32), {"content": False})
     else:
         content = load_npz(content_path)["vectors"]
-        blender = ContentBlender(k=float(cfg.get("blend_k", 5.0)), mapper=cfg.get("mapper", "ridge"),
-                                 min_count=int(cfg.get("min_count", 5)))
+        blender = ContentBlender(k=float(cfg.get("blend_k", 0.0)), mapper=cfg.get("mapper", "ridge"),
+                                 min_count=int(cfg.get("min_count", 5)), cold_scale=float(cfg.get("cold_scale", 1.0)))
         blender.fit(content, cf, counts)
         table = blender.transform(content, cf, counts)
     table.save(path)

@@ -207,6 +207,11 @@ class ItemVectorTable:
         if unknown:
             raise InputError(f"unknown provenance {sorted(unknown)}; allowed: {PROVENANCE}")
 
+    @property
+    def source(self) -> np.ndarray:
+        """Alias of :attr:`provenance` (the per-item "where did this vector come from" flag)."""
+        return self.provenance
+
     def counts(self) -> dict[str, int]:
         """How many items carry each provenance flag."""
         vals, cnt = np.unique(self.provenance, return_counts=True)

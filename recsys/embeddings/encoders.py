@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -157,7 +158,10 @@ class MiniLMEncoder(ContentEncoder):
     batch_size : int
         Texts per forward pass.
     show_progress : bool
-        A tqdm bar over batches (off in tests, on in batch jobs).
+        A tqdm bar over texts (off in tests, and whenever stderr is not a terminal).
+    batches_per_call : int
+        Batches handed to ``SentenceTransformer.encode`` per call: large enough to amortise
+        its per-call cost, small enough for the progress bar to move.
 
     Notes
     -----
@@ -174,6 +178,7 @@ class MiniLMEncoder(ContentEncoder):
         device: str = "auto",
         batch_size: int = 64,
         show_progress: bool = True,
+        batches_per_call: int = 32,
     ) -> None:
         if not isinstance(batch_size, int) or batch_size <= 0:
             raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -188,6 +193,7 @@ class MiniLMEncoder(ContentEncoder):
         self.device = device
         self.batch_size = batch_size
         self.show_progress = show_progress
+        self.batches_per_call = max(1, int(batches_per_call))
         self._model: Any = None
 
     @property
@@ -221,20 +227,23 @@ class MiniLMEncoder(ContentEncoder):
         from tqdm.auto import tqdm
 
         # longest first, as sentence-transformers orders internally: similar lengths share a
-        # batch, so little compute is spent on padding
+        # batch, so little compute is spent on padding. The model is called on chunks of many
+        # batches (not batch by batch) so its per-call set-up is amortised; the chunks feed
+        # our own progress bar, which is off without a terminal.
         order = nonempty[np.argsort([-len(texts[i]) for i in nonempty], kind="stable")]
-        starts = range(0, len(order), self.batch_size)
-        bar = tqdm(starts, total=len(starts), desc="encode", unit="batch", disable=not self.show_progress, leave=False)
-        for s in bar:
-            idx = order[s : s + self.batch_size]
-            emb = self.model.encode(
-                [texts[i] for i in idx],
-                batch_size=self.batch_size,
-                show_progress_bar=False,
-                convert_to_numpy=True,
-                normalize_embeddings=True,
-            )
-            out[idx] = emb
+        chunk = self.batch_size * self.batches_per_call
+        show = self.show_progress and sys.stderr.isatty()
+        with tqdm(total=len(order), desc="encode", unit="text", disable=not show, leave=False) as bar:
+            for s in range(0, len(order), chunk):
+                idx = order[s : s + chunk]
+                out[idx] = self.model.encode(
+                    [texts[i] for i in idx],
+                    batch_size=self.batch_size,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                    normalize_embeddings=True,
+                )
+                bar.update(len(idx))
         return l2_normalise(out)
 
 
