@@ -2,7 +2,8 @@
 
 Importing this package imports neither ``implicit`` nor ``torch``: the MF models load
 ``implicit`` when fitted, and the torch-backed two-tower lives in
-:mod:`recsys.models.towers`.
+:mod:`recsys.models.two_tower` (``TwoTower``; its modules ``towers``, ``losses``,
+``trainer``), imported on demand.
 """
 
 from recsys.models.als import ALS

@@ -86,7 +86,9 @@ class PairBatches(IterableDataset):
 
     A batch is a dict of tensors: ``users``, ``items`` (this rank's rows), ``history``
     (their histories with the target item masked out, so the model cannot learn to
-    "find the positive in the history"), ``items_global`` (every rank's positives, the
+    "find the positive in the history", and with *history dropout* thinned to a random
+    keep rate in ``[1 - history_dropout, 1]`` per row, so the tower also learns to place
+    users with short histories), ``items_global`` (every rank's positives, the
     candidate ids), ``offset`` (where this rank's rows start), ``drop_user``/``drop_item``
     (id-dropout masks), ``negatives`` (uniform negatives, possibly empty) and optionally
     ``weight``, ``categorical``, ``dense``. The last incomplete batch is dropped so every
@@ -101,6 +103,7 @@ class PairBatches(IterableDataset):
         *,
         user_id_dropout: float = 0.0,
         item_id_dropout: float = 0.0,
+        history_dropout: float = 0.0,
         n_negatives: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -119,7 +122,7 @@ class PairBatches(IterableDataset):
         if self.batch_size <= 0:
             raise ConfigError(f"{len(self.users)} training pairs are too few for {world_size} processes")
         self.seed, self.epoch = int(seed), 0
-        self.p_user, self.p_item, self.n_negatives = user_id_dropout, item_id_dropout, n_negatives
+        self.p_user, self.p_item, self.p_hist, self.n_negatives = user_id_dropout, item_id_dropout, history_dropout, n_negatives
         self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
@@ -140,11 +143,16 @@ class PairBatches(IterableDataset):
             drop_user = torch.rand(gb, generator=g) < self.p_user
             drop_item = torch.rand(gb, generator=g) < self.p_item
             negatives = torch.randint(self.n_items, (self.n_negatives,), generator=g)
+            if self.p_hist > 0:  # per row keep rate r ~ U(1 - p, 1), then keep each item w.p. r
+                keep = 1.0 - self.p_hist * torch.rand(gb, 1, generator=g)
+                hist_drop = (torch.rand(gb, self.histories.shape[1], generator=g) >= keep)[lo : lo + b]
             items_global = self.items[idx]
             mine = idx[lo : lo + b]
             users, items = self.users[mine], items_global[lo : lo + b]
             history = self.histories[users]
             history = history.masked_fill(history == items[:, None], -1)
+            if self.p_hist > 0:
+                history = history.masked_fill(hist_drop, -1)
             batch = {
                 "users": users,
                 "items": items,
@@ -270,7 +278,7 @@ class Trainer:
         cfg = self.cfg
         batches = PairBatches(
             data, cfg.batch_size, cfg.seed, user_id_dropout=cfg.user_id_dropout, item_id_dropout=cfg.item_id_dropout,
-            n_negatives=cfg.n_negatives, rank=self.dist.rank, world_size=self.dist.world_size,
+            history_dropout=cfg.history_dropout, n_negatives=cfg.n_negatives, rank=self.dist.rank, world_size=self.dist.world_size,
         )  # fmt: skip
         if cfg.logq:
             q = candidate_log_q(data.item_counts(), batches.batch_size, cfg.n_negatives)
@@ -316,7 +324,8 @@ class Trainer:
                     since_best += 1
                     stop = cfg.patience is not None and since_best >= cfg.patience
             history.append(row)
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"))
+            shown = ("loss", "samples_per_s", f"valid_{cfg.metric}")
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={row[k]:.4g}" for k in shown if k in row))
             if on_epoch is not None:
                 on_epoch(epoch, row)
             if stop:

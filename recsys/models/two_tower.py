@@ -25,7 +25,6 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,80 +33,13 @@ import scipy.sparse as sp
 
 from recsys.errors import ConfigError, InputError
 from recsys.models.base import FactorModel
+from recsys.models.two_tower_config import TwoTowerConfig
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TwoTower", "TwoTowerConfig"]
 
 _NET = "net."  # prefix of the net's tensors inside a saved .npz
-
-
-@dataclass
-class TwoTowerConfig:
-    """Every hyperparameter of :class:`TwoTower` (stored with each checkpoint and ``.npz``).
-
-    Architecture: ``dim`` output size; ``user_id_dim`` / ``item_id_dim`` id-embedding
-    sizes (0 = id-free tower); ``history_dim`` / ``history_len`` / ``pooling`` ("mean" or
-    "attention") for the user's last ``history_len`` items; ``hidden`` MLP sizes;
-    ``dropout``; ``normalize`` (cosine scores); ``sparse`` (sparse id-embedding gradients
-    trained with SparseAdam: use it for large tables).
-    Loss: ``temperature``; ``logq`` correction; ``remove_accidental_hits``;
-    ``n_negatives`` extra uniform negatives per step; ``use_weights`` (weigh pairs by the
-    interaction weight instead of 1).
-    Training: ``epochs``, ``batch_size`` (global, over all processes), ``lr``,
-    ``sparse_lr`` (SparseAdam; default ``lr``), ``weight_decay`` (AdamW), id dropout
-    rates, early stopping on validation ``metric`` every ``eval_every`` epochs with
-    ``patience``, ``seed``, ``device`` ("auto"|"cpu"|"cuda"), ``amp`` (bfloat16 autocast
-    on GPU), ``show_progress``.
-    """
-
-    dim: int = 64
-    user_id_dim: int = 64
-    item_id_dim: int = 64
-    history_dim: int = 64
-    history_len: int = 50
-    pooling: str = "mean"
-    hidden: list[int] = field(default_factory=lambda: [128])
-    dropout: float = 0.0
-    normalize: bool = True
-    sparse: bool = False
-    temperature: float = 0.1
-    logq: bool = True
-    remove_accidental_hits: bool = True
-    n_negatives: int = 0
-    use_weights: bool = False
-    epochs: int = 20
-    batch_size: int = 1024
-    lr: float = 3e-3
-    sparse_lr: float | None = None
-    weight_decay: float = 0.0
-    user_id_dropout: float = 0.1
-    item_id_dropout: float = 0.1
-    metric: str = "ndcg@10"
-    eval_every: int = 1
-    patience: int | None = 3
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    show_progress: bool = False
-
-    def validate(self) -> None:
-        """Raise :class:`ConfigError` naming the first invalid value."""
-        for name in ("dim", "history_len", "epochs", "batch_size", "eval_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {v!r}")
-        for name in ("user_id_dim", "item_id_dim", "history_dim", "n_negatives"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("dropout", "user_id_dropout", "item_id_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
-        if not self.temperature > 0 or not self.lr > 0:
-            raise ConfigError(f"temperature and lr must be positive, got {self.temperature!r}, {self.lr!r}")
-        if self.patience is not None and self.patience <= 0:
-            raise ConfigError(f"patience must be a positive integer or None, got {self.patience!r}")
 
 
 class TwoTower(FactorModel):

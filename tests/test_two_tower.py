@@ -1,0 +1,191 @@
+"""TwoTower as a Recommender: learning, inference for unseen users/items, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsys.errors import ConfigError, InputError
+from recsys.evaluation import evaluate
+from recsys.models.base import Recommender
+from recsys.models.trainer import load_checkpoint
+from recsys.models.two_tower import TwoTower, TwoTowerConfig
+from tests.two_tower_fixtures import FAST, GROUP_SIZE, N_GROUPS, N_ITEMS, N_USERS, one_torch_thread, synthetic  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic()
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    csr, pairs, _, feats = data
+    # id-free user tower: with a user-id embedding this tiny set is memorised (each user's
+    # held-out item is an in-batch negative for them), and the history path is what we test
+    return TwoTower(**{**FAST, "user_id_dim": 0}).fit(csr, pairs=pairs, item_features=feats)
+
+
+def test_ranks_the_held_out_item_first_on_synthetic_groups(fitted, data):
+    held = data[2]
+    ids, scores = fitted.recommend(np.arange(N_USERS), k=1)
+    assert (ids[:, 0] == held).mean() == 1.0
+    assert np.isfinite(scores).all()
+
+
+def test_exports_float32_unit_vectors_in_the_factor_layout(fitted):
+    assert fitted.user_factors_.shape == (N_USERS, FAST["dim"]) and fitted.user_factors_.dtype == np.float32
+    assert fitted.item_factors_.shape == (N_ITEMS, FAST["dim"]) and fitted.item_factors_.dtype == np.float32
+    assert np.allclose(np.linalg.norm(fitted.item_factors_, axis=1), 1, atol=1e-5)
+    assert fitted.similarity == "cosine"
+    assert len(fitted.history_) == FAST["epochs"] and fitted.history_[-1]["loss"] < fitted.history_[0]["loss"]
+
+
+def test_unseen_user_is_scored_from_history_alone(fitted):
+    # a new user who saw items 0..3 of group 1 should get the group's last item (9) first
+    hist = [np.arange(GROUP_SIZE, 2 * GROUP_SIZE - 1)]
+    vec = fitted.user_vectors_from_history(hist)
+    assert vec.shape == (1, FAST["dim"]) and vec.dtype == np.float32
+    scores = vec[0] @ fitted.item_factors_.T
+    scores[hist[0]] = -np.inf
+    assert int(np.argmax(scores)) == 2 * GROUP_SIZE - 1
+    assert np.allclose(fitted.recalculate_user(hist[0]), vec[0], atol=1e-6)
+    padded = np.array([[-1] * (FAST["history_len"] - 4) + list(hist[0])])
+    assert np.allclose(fitted.user_vectors_from_history(padded), vec, atol=1e-6)
+
+
+def test_cold_item_vectors_from_content_land_in_their_group(fitted, data):
+    feats = data[3]
+    cold = fitted.item_vectors(feats, drop_ids=True)
+    assert cold.shape == (N_ITEMS, FAST["dim"]) and cold.dtype == np.float32
+    # a new item with group-2 content, never seen: its nearest warm items are group 2's
+    new = fitted.item_vectors(feats[[2 * GROUP_SIZE]], drop_ids=True)
+    nearest = np.argsort(-(fitted.item_factors_ @ new[0]))[:GROUP_SIZE]
+    assert (nearest // GROUP_SIZE == 2).mean() >= 0.8
+    with pytest.raises(InputError, match="drop_ids=True"):
+        fitted.item_vectors(feats[:3])
+
+
+def test_items_without_training_interactions_get_content_vectors(data):
+    csr, pairs, _, feats = data
+    pairs = pairs.filter(pairs["item_idx"] != 0)
+    m = TwoTower(**{**FAST, "epochs": 2}).fit(csr, pairs=pairs, item_features=feats)
+    assert np.allclose(m.item_factors_[0], m.item_vectors(drop_ids=True)[0], atol=1e-6)
+
+
+def test_npz_save_load_round_trip_gives_identical_vectors(fitted, tmp_path):
+    fitted.save(tmp_path / "tt.npz")
+    loaded = Recommender.load(tmp_path / "tt.npz")
+    assert isinstance(loaded, TwoTower) and loaded.get_params() == fitted.get_params()
+    assert np.array_equal(loaded.user_factors_, fitted.user_factors_)
+    assert np.array_equal(loaded.item_factors_, fitted.item_factors_)
+    hist = [np.array([1, 2, 3])]
+    assert np.array_equal(loaded.user_vectors_from_history(hist), fitted.user_vectors_from_history(hist))
+    assert np.array_equal(loaded.item_vectors(drop_ids=True), fitted.item_vectors(drop_ids=True))
+    assert np.array_equal(loaded.recommend(np.arange(5), k=3)[0], fitted.recommend(np.arange(5), k=3)[0])
+
+
+def test_checkpoint_round_trip_loads_weights_only(fitted, tmp_path):
+    fitted.save_checkpoint(tmp_path / "ckpt")
+    state, meta = load_checkpoint(tmp_path / "ckpt")
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    assert meta["config"] == fitted.get_params() and meta["arch"]["n_items"] == N_ITEMS
+    loaded = TwoTower.load_checkpoint(tmp_path / "ckpt")
+    assert np.allclose(loaded.user_factors_, fitted.user_factors_, atol=1e-6)
+    assert np.array_equal(loaded.item_factors_, fitted.item_factors_)
+    assert np.array_equal(loaded.recommend(np.arange(5), k=3)[0], fitted.recommend(np.arange(5), k=3)[0])
+
+
+def test_training_is_reproducible_with_a_seed(data):
+    csr, pairs, _, feats = data
+    a = TwoTower(**{**FAST, "epochs": 2}).fit(csr, pairs=pairs, item_features=feats)
+    b = TwoTower(**{**FAST, "epochs": 2}).fit(csr, pairs=pairs, item_features=feats)
+    assert np.array_equal(a.item_factors_, b.item_factors_)
+
+
+def test_early_stopping_restores_the_best_epoch_and_reports_each_epoch(data, tmp_path):
+    csr, pairs, _, _ = data
+    scores = iter([0.5, 0.7, 0.6, 0.4, 0.3, 0.9])
+    seen: list[tuple[int, dict]] = []
+    snapshots = {}
+
+    def validation(model):
+        s = next(scores)
+        snapshots[s] = model.item_factors_.copy()
+        return {"ndcg@10": s}
+
+    m = TwoTower(**{**FAST, "epochs": 6, "patience": 2}).fit(
+        csr, pairs=pairs, validation=validation, on_epoch=lambda e, r: seen.append((e, dict(r))), checkpoint_dir=tmp_path
+    )
+    assert [e for e, _ in seen] == [1, 2, 3, 4]  # stopped after 2 evaluations without improvement
+    assert {"loss", "samples_per_s", "valid_ndcg@10"} <= set(seen[0][1])
+    assert m.best_epoch_ == 2 and m.best_score_ == pytest.approx(0.7)
+    assert np.allclose(m.item_factors_, snapshots[0.7], atol=1e-6)
+    assert load_checkpoint(tmp_path)[1]["epoch"] == 2
+
+
+def test_user_features_feed_the_user_tower(data):
+    csr, pairs, _, _ = data
+    cat = np.stack([np.arange(N_USERS) % N_GROUPS, np.arange(N_USERS) % 2], axis=1)
+    m = TwoTower(**{**FAST, "epochs": 2}).fit(csr, pairs=pairs, user_categorical=cat, user_dense=np.ones((N_USERS, 1)))
+    assert m.net_.user_tower.mlp[0].in_features == 8 + 16 + 2 * 8 + 1  # id + history + 2 categorical + 1 dense
+    vec = m.user_vectors_from_history([[1, 2]])  # unknown features default to "unknown" / zeros
+    assert np.isfinite(vec).all()
+
+
+def test_beats_popularity_on_movielens_after_one_epoch(ml_small):
+    train = ml_small.matrix("train")
+    small = {"dim": 32, "user_id_dim": 32, "item_id_dim": 32, "history_dim": 32, "history_len": 20, "hidden": []}
+    m = TwoTower(epochs=1, batch_size=512, lr=1e-2, device="cpu", seed=0, **small).fit(
+        train, pairs=ml_small.split("train")
+    )
+    res = evaluate(m, ml_small.matrix("train", "valid"), ml_small.matrix("test"), ks=(10,))
+    pop = np.asarray(train.sum(0)).ravel()  # most-popular baseline, same exclusion
+    pop_model = TwoTower.__new__(TwoTower)
+    pop_model.__dict__.update(m.__dict__)
+    pop_model.user_factors_ = np.ones((train.shape[0], 1), np.float32)
+    pop_model.item_factors_ = (pop / pop.max()).astype(np.float32)[:, None]
+    base = evaluate(pop_model, ml_small.matrix("train", "valid"), ml_small.matrix("test"), ks=(10,))
+    assert res["ndcg@10"] > base["ndcg@10"]
+
+
+@pytest.mark.parametrize(
+    "params, match",
+    [({"temperature": 0}, "temperature"), ({"pooling": "max"}, "pooling"), ({"epochs": 0}, "epochs"),
+     ({"item_id_dropout": 1.0}, "item_id_dropout")],
+)  # fmt: skip
+def test_fit_rejects_invalid_hyperparameters_with_reason(data, params, match):
+    with pytest.raises(ConfigError, match=match):
+        TwoTower(**{**FAST, **params}).fit(data[0], pairs=data[1])
+
+
+def test_unknown_hyperparameter_lists_valid_ones():
+    with pytest.raises(ConfigError, match="unknown TwoTower parameters.*'dim'"):
+        TwoTower(dims=3)
+    assert TwoTower(dim=8).config == TwoTowerConfig(dim=8)
+
+
+def test_cuda_device_without_gpu_fails_clearly(data):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        TwoTower(**{**FAST, "device": "cuda"}).fit(data[0], pairs=data[1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_training_with_sparse_adam_and_amp_learns_the_groups(data):
+    csr, pairs, held, feats = data
+    m = TwoTower(**{**FAST, "device": "cuda", "amp": True, "sparse": True}).fit(csr, pairs=pairs, item_features=feats)
+    ids, _ = m.recommend(np.arange(N_USERS), k=1)
+    assert (ids[:, 0] == held).mean() >= 0.95
+    assert m.user_factors_.dtype == np.float32
+
+
+def test_sparse_id_embeddings_train_with_sparse_adam(data):
+    csr, pairs, held, feats = data
+    m = TwoTower(**{**FAST, "user_id_dim": 0, "sparse": True}).fit(csr, pairs=pairs, item_features=feats)
+    assert len(m.net_.sparse_parameters()) == 2  # history and item id embeddings -> SparseAdam
+    ids, _ = m.recommend(np.arange(N_USERS), k=1)
+    assert (ids[:, 0] == held).mean() >= 0.9
