@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.config import parse_value
 from recsys.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -195,11 +196,7 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--param needs KEY=VALUE, got {text!r}")
     key, raw = text.split("=", 1)
-    try:
-        value = tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        value = raw
-    return key.strip(), value
+    return key.strip(), parse_value(raw)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
