@@ -45,7 +45,7 @@ def main(args: argparse.Namespace) -> int:
     if not name:
         raise ConfigError("no registered model name: pass --registered-model or a --config with [promotion] registered_model")
     alias = args.alias or promo.get("alias", "champion")
-    client = promotion._client(resolve_tracking_uri(args.tracking_uri, os.environ))
+    client = promotion.registry_client(resolve_tracking_uri(args.tracking_uri, os.environ))
     with DirectoryLock(args.out):
         version = promotion.rollback(client, name, alias, to_version=args.to_version)
         bundle = (version.tags or {}).get(promotion.BUNDLE_TAG)

@@ -245,7 +245,7 @@ def promote_step(ctx: RunContext, ds: Dataset, bundle: dict[str, Any], metrics_t
     name = cfg.get("registered_model", "recsys")
     alias = cfg.get("alias", "champion")
     split = split_sha256(ds)
-    client = promotion._client(ctx.tracking_uri)
+    client = promotion.registry_client(ctx.tracking_uri)
     with tracking.start_run(ctx.tracking_uri, ctx.experiment, run_name=f"publish-{bundle['version']}",
                             tags={"recsys.step": "promote", "recsys.bundle_version": bundle["version"]}) as run:
         tracking.log_metrics({**{f"test_{k}": v for k, v in metrics_test.items() if isinstance(v, (int, float))},

@@ -121,7 +121,8 @@ def decide(
     return GateDecision(ok, reasons, new, old)
 
 
-def _client(tracking_uri: str) -> Any:
+def registry_client(tracking_uri: str) -> Any:
+    """An ``MlflowClient`` whose model registry lives in the same store as the runs."""
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
