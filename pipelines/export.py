@@ -107,9 +107,9 @@ def vectors_from_model(path: str | os.PathLike) -> dict[str, Any]:
     model = Recommender.load(p / "model.npz" if p.is_dir() else p)
     if not hasattr(model, "item_factors_"):
         raise InputError(f"{path} holds a {type(model).__name__}, which exports no vectors; export a FactorModel")
-    foldin: dict[str, Any] = {"method": "mean"}
-    if type(model).__name__ == "ALS" and getattr(model, "weighting", "linear") == "linear":
-        foldin = {"method": "als", "regularization": float(model.regularization), "alpha": float(model.alpha)}
+    from recsys.serving.bundle import foldin_for
+
+    foldin = foldin_for(model)
     return {"item_vectors": model.item_factors_, "user_vectors": getattr(model, "user_factors_", None),
             "item_source": None, "similarity": getattr(model, "similarity", "dot"), "foldin": foldin,
             "model_class": type(model).__name__}

@@ -128,8 +128,9 @@ def content_step(ctx: RunContext, ds: Dataset, cfg: dict[str, Any]) -> dict[str,
     missing = [c for c in text_cols if c not in ds.items.columns]
     if missing:
         raise ConfigError(f"[content] text_cols {missing} are not item columns {ds.items.columns}")
-    encoder = make_encoder(cfg, ds, text_cols)
-    cache = EmbeddingCache(Path(cfg.get("cache_dir") or ctx.out / "cache" / "embeddings"))
+    cache_dir = Path(cfg.get("cache_dir") or ctx.out / "cache" / "embeddings")
+    encoder = make_encoder(cfg, ds, text_cols, cache_dir, ctx.show_progress)
+    cache = EmbeddingCache(cache_dir)
     vectors, stats = embed_items(ds.items, text_cols, encoder, cache=cache, n_items=ds.n_items,
                                  show_progress=ctx.show_progress)
     path = ctx.out / "content" / "item_content.npz"
@@ -140,19 +141,18 @@ def content_step(ctx: RunContext, ds: Dataset, cfg: dict[str, Any]) -> dict[str,
     return {"content_path": str(path), "encoder": encoder.model_id, "stats": _jsonable(stats)}
 
 
-def make_encoder(cfg: dict[str, Any], ds: Dataset, text_cols: list[str]) -> Any:
+def make_encoder(cfg: dict[str, Any], ds: Dataset, text_cols: list[str], cache_dir: Path, show_progress: bool) -> Any:
+    """The ``[content]`` encoder, built by the ``embed-content`` job's own factory."""
+    from pipelines.embed_content import make_encoder as build
+    from recsys.embeddings.content import item_texts
+
     kind = cfg.get("encoder", "minilm")
-    if kind == "minilm":
-        from recsys.embeddings.encoders import MiniLMEncoder
-
-        return MiniLMEncoder(batch_size=int(cfg.get("batch_size", 64)))
-    if kind == "tfidf":
-        from recsys.embeddings.content import item_texts
-        from recsys.embeddings.encoders import TfidfSvdEncoder
-
-        enc = TfidfSvdEncoder(n_components=int(cfg.get("dim", 64)), random_state=int(cfg.get("seed", 0)))
-        return enc.fit(item_texts(ds.items, text_cols))
-    raise ConfigError(f"[content] encoder must be 'minilm' or 'tfidf' (the test double), got {kind!r}")
+    if kind not in ("minilm", "tfidf"):
+        raise ConfigError(f"[content] encoder must be 'minilm' or 'tfidf' (the test double), got {kind!r}")
+    opts = {"encoder": kind, "model_path": cfg.get("model_path"), "device": cfg.get("device", "auto"),
+            "batch_size": int(cfg.get("batch_size", 64)), "no_progress": not show_progress,
+            "cache": str(cache_dir), "tfidf_dim": int(cfg.get("dim", 64))}
+    return build(opts, item_texts(ds.items, text_cols) if kind == "tfidf" else [])
 
 
 def _jsonable(x: Any) -> Any:
@@ -201,7 +201,7 @@ def export_step(ctx: RunContext, ds: Dataset, name: str, model_path: str, vector
     """Build and measure a new bundle (not yet published: promotion decides)."""
     from recsys.embeddings.blend import ItemVectorTable
     from recsys.models.base import Recommender
-    from recsys.serving.bundle import IndexConfig, export_bundle
+    from recsys.serving.bundle import IndexConfig, export_bundle, foldin_for
 
     model = Recommender.load(model_path)
     table = ItemVectorTable.load(vectors_path)
@@ -212,17 +212,11 @@ def export_step(ctx: RunContext, ds: Dataset, name: str, model_path: str, vector
         user_ids=ds.user_map, seen=seen, similarity=getattr(model, "similarity", "dot"),
         item_popularity=np.asarray(seen.getnnz(axis=0), np.float32), item_source=source,
         config=IndexConfig.from_dict(index_cfg), run_id=run_id, extra_manifest=extra,
-        foldin=foldin_spec(model))
+        foldin=foldin_for(model))
     log.info("bundle %s: recall@%d %.4f at search_k %d, %.1f MB", info.version, info.recall_k, info.recall,
              info.search_k, info.index_bytes / 1e6)
     return {"bundle_path": str(info.path), "version": info.version, "metrics": info.metrics(), "recall": info.recall}
 
-
-def foldin_spec(model: Any) -> dict[str, Any]:
-    """How the retriever folds in a new user's history: ALS's closed form when it applies."""
-    if type(model).__name__ == "ALS":
-        return {"method": "als", "regularization": float(model.regularization), "alpha": float(getattr(model, "alpha", 1.0))}
-    return {"method": "mean"}
 
 
 # -- promote -----------------------------------------------------------------------------------

@@ -164,6 +164,18 @@ def _check_seen(seen: Any, n_users: int, n_items: int) -> sp.csr_matrix:
     return m
 
 
+def foldin_for(model: Any) -> dict[str, Any]:
+    """The ``foldin`` spec for a model's bundle: ALS's closed-form solve for ALS, else the mean.
+
+    The closed form is the exact least-squares fit of a user vector on fixed item factors,
+    so it applies whatever confidence weighting the model was trained with; a history's
+    weights are used as given (1 for anonymous histories).
+    """
+    if type(model).__name__ == "ALS":
+        return {"method": "als", "regularization": float(model.regularization), "alpha": float(model.alpha)}
+    return {"method": "mean"}
+
+
 def _foldin_spec(foldin: Mapping[str, Any] | None, similarity: str) -> dict[str, Any]:
     spec = dict(foldin or {"method": "mean"})
     if spec.get("method") not in FOLDIN_METHODS:
