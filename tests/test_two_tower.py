@@ -190,3 +190,31 @@ def test_sparse_id_embeddings_train_with_sparse_adam(data):
     assert len(m.net_.sparse_parameters()) == 2  # history and item id embeddings -> SparseAdam
     ids, _ = m.recommend(np.arange(N_USERS), k=1)
     assert (ids[:, 0] == held).mean() >= 0.9
+
+
+def test_user_balance_weights_even_out_users_and_keep_mean_one():
+    from recsys.models.two_tower import user_balance_weights
+
+    users = np.array([0] * 100 + [1] * 4 + [2])  # a heavy, a light and a one-pair user
+    flat = user_balance_weights(users, 3, 0.0)
+    assert np.allclose(flat, 1.0)
+    even = user_balance_weights(users, 3, 1.0)
+    totals = np.bincount(users, weights=even)
+    assert np.allclose(totals, totals[0]) and np.isclose(even.mean(), 1.0)
+    half = user_balance_weights(users, 3, 0.25)
+    totals = np.bincount(users, weights=half)
+    assert totals[0] > totals[1] > totals[2]  # heavy users still count more, just less than 100:4:1
+    assert totals[0] / totals[2] == pytest.approx(100 ** 0.75, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, True, "0.25"])
+def test_user_balance_outside_zero_one_is_refused(bad):
+    with pytest.raises(ConfigError, match="user_balance"):
+        TwoTowerConfig(user_balance=bad).validate()
+
+
+def test_user_balance_trains_on_weighted_pairs(data):
+    csr, pairs, held, feats = data
+    m = TwoTower(**{**FAST, "user_balance": 0.5}).fit(csr, pairs=pairs, item_features=feats)
+    ids, _ = m.recommend(np.arange(N_USERS), k=1)
+    assert (ids[:, 0] == held).mean() >= 0.8

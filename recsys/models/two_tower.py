@@ -37,10 +37,22 @@ from recsys.models.two_tower_config import TwoTowerConfig
 
 log = logging.getLogger(__name__)
 
-__all__ = ["TwoTower", "TwoTowerConfig"]
+__all__ = ["TwoTower", "TwoTowerConfig", "user_balance_weights"]
 
 _NET = "net."  # prefix of the net's tensors inside a saved .npz
 
+
+
+def user_balance_weights(users: np.ndarray, n_users: int, power: float) -> np.ndarray:
+    """Pair weights ``n_u ** -power`` (``n_u``: the pair's user's pair count), mean 1.
+
+    Per-pair training gives a user with 2,000 interactions 100 times the say of one with
+    20 in the shared towers, while ranking metrics average over users. ``power`` 0 keeps
+    that, 1 gives every user the same total weight; 0.25 measured best on latest-small
+    validation (NDCG@10 0.2119 vs 0.2036 at 0, 0.2040 at 0.5; see docs/two_tower.md).
+    """
+    f = np.bincount(users, minlength=n_users)[users].astype(np.float64) ** -float(power)
+    return (f / f.mean()).astype(np.float32)
 
 class TwoTower(FactorModel):
     """Two-tower retrieval model; hyperparameters are the fields of :class:`TwoTowerConfig`.
@@ -127,6 +139,9 @@ class TwoTower(FactorModel):
         weights = None
         if cfg.use_weights and "weight" in pairs.columns:
             weights = pairs["weight"].to_numpy().astype(np.float32)
+        if cfg.user_balance > 0:
+            f = user_balance_weights(u, n_users, cfg.user_balance)
+            weights = f if weights is None else weights * f
         hist, _ = user_histories(pairs, n_users, cfg.history_len)
         self._arch = self._arch_from(n_users, n_items, item_features, user_categorical, user_dense)
         self.histories_ = hist

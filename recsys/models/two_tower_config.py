@@ -25,7 +25,9 @@ class TwoTowerConfig:
     trained with SparseAdam: use it for large tables).
     Loss: ``temperature``; ``logq`` correction; ``remove_accidental_hits``;
     ``n_negatives`` extra uniform negatives per step; ``use_weights`` (weigh pairs by the
-    interaction weight instead of 1).
+    interaction weight instead of 1); ``user_balance`` ``b`` weighs each pair by
+    ``n_u ** -b`` for a user with ``n_u`` training pairs (0: every pair alike, so heavy users
+    dominate the shared towers; 1: every user alike), normalised to a mean weight of 1.
     Training: ``epochs``, ``batch_size`` (global, over all processes), ``lr``,
     ``sparse_lr`` (SparseAdam; default ``lr``), ``weight_decay`` (AdamW), id dropout
     rates, ``history_dropout`` (each training row keeps its history items at a random
@@ -49,6 +51,7 @@ class TwoTowerConfig:
     remove_accidental_hits: bool = True
     n_negatives: int = 0
     use_weights: bool = False
+    user_balance: float = 0.0
     epochs: int = 20
     batch_size: int = 1024
     lr: float = 3e-3
@@ -78,6 +81,8 @@ class TwoTowerConfig:
         for name in ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if isinstance(self.user_balance, bool) or not isinstance(self.user_balance, (int, float)) or not 0.0 <= self.user_balance <= 1.0:
+            raise ConfigError(f"user_balance must be a number in [0, 1], got {self.user_balance!r}")
         if not self.temperature > 0 or not self.lr > 0:
             raise ConfigError(f"temperature and lr must be positive, got {self.temperature!r}, {self.lr!r}")
         if self.patience is not None and self.patience <= 0:
