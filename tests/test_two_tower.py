@@ -218,3 +218,12 @@ def test_user_balance_trains_on_weighted_pairs(data):
     m = TwoTower(**{**FAST, "user_balance": 0.5}).fit(csr, pairs=pairs, item_features=feats)
     ids, _ = m.recommend(np.arange(N_USERS), k=1)
     assert (ids[:, 0] == held).mean() >= 0.8
+
+
+def test_weight_average_is_what_gets_exported_and_still_learns(data):
+    csr, pairs, held, feats = data
+    plain = TwoTower(**FAST).fit(csr, pairs=pairs, item_features=feats)
+    avg = TwoTower(**{**FAST, "ema": 0.9}).fit(csr, pairs=pairs, item_features=feats)
+    assert not np.allclose(plain.item_factors_, avg.item_factors_)  # same seed and batches: only the average differs
+    ids, _ = avg.recommend(np.arange(N_USERS), k=1)
+    assert (ids[:, 0] == held).mean() >= 0.9

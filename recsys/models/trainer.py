@@ -22,6 +22,7 @@ without the Recommender interface around it.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -40,6 +41,7 @@ from recsys.errors import BundleError, ConfigError
 from recsys.io import atomic_path, read_json, write_json
 from recsys.models.distributed import DistInfo, all_gather_with_grad, all_reduce_mean, wrap_model
 from recsys.models.losses import candidate_log_q, sampled_softmax_loss
+from recsys.models.ema import WeightAverage
 from recsys.models.prefetch import prefetch
 
 log = logging.getLogger(__name__)
@@ -319,6 +321,7 @@ class Trainer:
         history: list[dict[str, float]] = []
         best: dict[str, Any] = {}
         since_best = 0
+        ema = WeightAverage(self.net, cfg.ema) if getattr(cfg, "ema", 0.0) > 0 else None
         for epoch in range(1, cfg.epochs + 1):
             batches.set_epoch(epoch)
             self.net.train()
@@ -332,6 +335,8 @@ class Trainer:
             for batch in it:
                 total += self.step(batch)
                 n += 1
+                if ema is not None:
+                    ema.update(self.net)
             loss = float(all_reduce_mean(total)) / max(n, 1)  # the global-batch loss under DDP
             if not math.isfinite(loss):
                 raise ConfigError(f"training diverged at epoch {epoch} (loss {loss}); lower lr or raise temperature")
@@ -343,13 +348,16 @@ class Trainer:
             stop = False
             if evaluate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
                 self.net.eval()
-                metrics = dict(evaluate(epoch))
+                with ema.swapped(self.net) if ema is not None else contextlib.nullcontext():
+                    metrics = dict(evaluate(epoch))
                 if cfg.metric not in metrics:
                     raise ConfigError(f"validation returned no {cfg.metric!r}; it has {sorted(metrics)}")
                 row.update({f"valid_{k}": float(v) for k, v in metrics.items()})
                 score = float(metrics[cfg.metric])
                 if not best or score > best["score"]:
-                    best = {"score": score, "epoch": epoch, "state": copy.deepcopy(self.net.state_dict())}
+                    # the evaluated weights: the average when there is one
+                    state = ema.state_dict() if ema is not None else copy.deepcopy(self.net.state_dict())
+                    best = {"score": score, "epoch": epoch, "state": state}
                     since_best = 0
                     if checkpoint_dir is not None and self.dist.is_main:
                         save_checkpoint(checkpoint_dir, best["state"], {**(checkpoint_config or {}), "epoch": epoch})
@@ -368,6 +376,8 @@ class Trainer:
             self.net.load_state_dict(best["state"])
             self.best_epoch, self.best_score = best["epoch"], best["score"]
         else:
+            if ema is not None:  # no validation: export the averaged weights of the last step
+                self.net.load_state_dict(ema.state_dict())
             self.best_epoch, self.best_score = len(history), float("nan")
             if checkpoint_dir is not None and self.dist.is_main:
                 save_checkpoint(checkpoint_dir, self.net.state_dict(), {**(checkpoint_config or {}), "epoch": len(history)})

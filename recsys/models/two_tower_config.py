@@ -31,7 +31,10 @@ class TwoTowerConfig:
     Training: ``epochs``, ``batch_size`` (global, over all processes), ``lr``,
     ``sparse_lr`` (SparseAdam; default ``lr``), ``weight_decay`` (AdamW), id dropout
     rates, ``history_dropout`` (each training row keeps its history items at a random
-    rate in ``[1 - history_dropout, 1]``: helps users with short histories), early
+    rate in ``[1 - history_dropout, 1]``: helps users with short histories), ``ema``
+    (evaluate and export an exponential moving average of the weights with this per-step
+    decay; 0 = off; each step then touches every weight, so keep it off for id tables of
+    millions of rows), early
     stopping on validation ``metric`` every ``eval_every`` epochs with ``patience``, ``seed``, ``device`` ("auto"|"cpu"|"cuda"), ``amp`` (bfloat16 autocast
     on GPU), ``show_progress``.
     """
@@ -60,6 +63,7 @@ class TwoTowerConfig:
     user_id_dropout: float = 0.1
     item_id_dropout: float = 0.1
     history_dropout: float = 0.0
+    ema: float = 0.0
     metric: str = "ndcg@10"
     eval_every: int = 1
     patience: int | None = 3
@@ -78,7 +82,7 @@ class TwoTowerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout"):
+        for name in ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout", "ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if isinstance(self.user_balance, bool) or not isinstance(self.user_balance, (int, float)) or not 0.0 <= self.user_balance <= 1.0:
