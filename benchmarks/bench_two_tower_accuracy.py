@@ -17,7 +17,7 @@ evaluated once on test: NDCG@10 and Recall@20 for all users and for users with f
 than 10 training interactions. Targets: two-tower NDCG@10 >= 0.95 x ALS, and better
 than ALS on the < 10 slice.
 
-    .venv/bin/python benchmarks/bench_two_tower_accuracy.py [--quick] [--only small|100k]
+    .venv/bin/python benchmarks/bench_two_tower_accuracy.py [--quick] [--only small|100k] [--seeds 0 1 2]
 
 Results also go to benchmarks/results/two_tower_accuracy.json.
 """
@@ -172,6 +172,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small ALS grid, 4 two-tower epochs")
     ap.add_argument("--only", choices=["small", "100k"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", help="several seeds (each re-splits, re-tunes ALS, re-trains); prints the ratios per seed and their mean")
     ap.add_argument("--item-features", choices=["genres", "none"], default="genres", help="two-tower item content")
     ap.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="override a two-tower hyperparameter")
     args = ap.parse_args()
@@ -179,21 +180,32 @@ def main() -> int:
     use_feats = args.item_features == "genres"
     torch.set_num_threads(1)
     results = []
-    if args.only in (None, "small"):
-        results.append(run("ml-latest-small 80/20", *load_small(), 0.2, args.quick, args.seed, overrides, use_feats))
-    if args.only in (None, "100k"):
-        if (ML100K / "u.data").exists():
-            results.append(run("ml-100k 75/25", *load_100k(), 0.25, args.quick, args.seed, overrides, use_feats))
-        else:
-            print(f"MovieLens 100K not found at {ML100K}: skipped")
+    for seed in args.seeds or [args.seed]:
+        if args.only in (None, "small"):
+            results.append(run("ml-latest-small 80/20", *load_small(), 0.2, args.quick, seed, overrides, use_feats))
+            results[-1]["seed"] = seed
+        if args.only in (None, "100k"):
+            if (ML100K / "u.data").exists():
+                results.append(run("ml-100k 75/25", *load_100k(), 0.25, args.quick, seed, overrides, use_feats))
+                results[-1]["seed"] = seed
+            else:
+                print(f"MovieLens 100K not found at {ML100K}: skipped")
     metrics = ("ndcg@10", "recall@20", "ndcg@10 <10", "recall@20 <10", "n <10")
     for r in results:
         r["two_tower"]["overrides"] = {**overrides, "item_features": args.item_features}
         rows = {f"ALS {r['als']['params']}": r["als"], f"two-tower (best epoch {r['two_tower']['best_epoch']})": r["two_tower"],
                 "two-tower, no refit (train only)": r["two_tower_no_refit"]}
-        print(f"\n{r['dataset']}  (users x items {r['shape']}; '<10' = users with < {SPARSE_USER} training interactions)")
+        print(f"\n{r['dataset']}, seed {r['seed']}  (users x items {r['shape']}; '<10' = users with < {SPARSE_USER} training interactions)")
         print(format_table(rows, metrics=metrics))
         print(f"two-tower / ALS NDCG@10: {r['ratio_ndcg@10']:.3f} (target >= 0.95); on <10 users: {r['ratio_ndcg@10 <10']:.3f} (target > 1)")
+    if args.seeds and len(args.seeds) > 1:
+        print(f"\ntwo-tower / ALS NDCG@10 over seeds {args.seeds} (targets: all >= 0.95, <10 > 1)")
+        for name in dict.fromkeys(r["dataset"] for r in results):
+            rs = [r for r in results if r["dataset"] == name]
+            for key in ("ratio_ndcg@10", "ratio_ndcg@10 <10"):
+                v = [r[key] for r in rs]
+                print(f"  {name:<22} {'all' if key == 'ratio_ndcg@10' else '<10':<4} " + " ".join(f"{x:.3f}" for x in v)
+                      + f"   mean {np.mean(v):.3f}")  # fmt: skip
     out = ROOT / "benchmarks" / "results" / "two_tower_accuracy.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))
