@@ -13,7 +13,10 @@ without the Recommender interface around it.
   go to :class:`torch.optim.SparseAdam`, which only touches the rows of the batch (the
   only way a 10M-row table trains at GPU speed).
 * **Early stopping** on a validation metric computed by a callback; the best epoch's
-  weights are restored at the end.
+  weights are restored at the end. With ``ema > 0`` the weights validated, kept and
+  exported are a moving average of the trained ones (:mod:`recsys.models.ema`).
+* **Batches on the GPU**: when training on CUDA and the pair tables fit, batches are drawn
+  on the device (:func:`batch_device`); otherwise built on the host in a prefetch thread.
 * **Metrics** (loss, throughput, validation) go to an ``on_epoch`` callback, so MLflow
   logging stays in the pipelines.
 * **Checkpoints** are a tensor-only state dict (``model.pt``, read back with
