@@ -124,6 +124,7 @@ class PairBatches(IterableDataset):
         self.device = dev = torch.device(device)
         if batch_size % world_size:
             raise ConfigError(f"batch_size {batch_size} must be divisible by the world size {world_size}")
+
         def table(a: np.ndarray | None, dtype: type) -> torch.Tensor | None:
             return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)).to(dev)
 
@@ -324,7 +325,7 @@ class Trainer:
         history: list[dict[str, float]] = []
         best: dict[str, Any] = {}
         since_best = 0
-        ema = WeightAverage(self.net, cfg.ema) if getattr(cfg, "ema", 0.0) > 0 else None
+        ema = WeightAverage(self.net, cfg.ema) if cfg.ema > 0 else None
         for epoch in range(1, cfg.epochs + 1):
             batches.set_epoch(epoch)
             self.net.train()

@@ -42,7 +42,6 @@ __all__ = ["TwoTower", "TwoTowerConfig", "user_balance_weights"]
 _NET = "net."  # prefix of the net's tensors inside a saved .npz
 
 
-
 def user_balance_weights(users: np.ndarray, n_users: int, power: float) -> np.ndarray:
     """Pair weights ``n_u ** -power`` (``n_u``: the pair's user's pair count), mean 1.
 
@@ -53,6 +52,7 @@ def user_balance_weights(users: np.ndarray, n_users: int, power: float) -> np.nd
     """
     f = np.bincount(users, minlength=n_users)[users].astype(np.float64) ** -float(power)
     return (f / f.mean()).astype(np.float32)
+
 
 class TwoTower(FactorModel):
     """Two-tower retrieval model; hyperparameters are the fields of :class:`TwoTowerConfig`.
