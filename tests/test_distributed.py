@@ -79,7 +79,7 @@ def test_rank_slices_of_seeded_batches_reassemble_the_single_process_batches():
     csr, pairs, _, _ = synthetic()
     hist = np.tile(np.arange(8), (csr.shape[0], 1))
     data = TrainData(pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy(), None, hist, None, None, csr.shape[1])
-    kw = {"user_id_dropout": 0.3, "item_id_dropout": 0.3, "history_dropout": 0.8, "n_negatives": 3}
+    kw = {"user_id_dropout": 0.3, "item_id_dropout": 0.3, "history_dropout": 0.8, "short_history": 0.2, "n_negatives": 3}
     single = list(PairBatches(data, 32, seed=5, **kw))
     ranks = [list(PairBatches(data, 32, seed=5, rank=r, world_size=2, **kw)) for r in range(2)]
     assert len(single) == len(ranks[0]) == 160 // 32

@@ -227,3 +227,30 @@ def test_weight_average_is_what_gets_exported_and_still_learns(data):
     assert not np.allclose(plain.item_factors_, avg.item_factors_)  # same seed and batches: only the average differs
     ids, _ = avg.recommend(np.arange(N_USERS), k=1)
     assert (ids[:, 0] == held).mean() >= 0.9
+
+
+def test_short_history_cuts_that_share_of_rows_to_one_to_l_random_items():
+    from recsys.models.trainer import PairBatches, TrainData
+
+    rng = np.random.default_rng(0)
+    n_users, n_items, n_hist = 200, 500, 100
+    hist = np.stack([rng.permutation(n_items)[:n_hist] for _ in range(n_users)])
+    users = rng.integers(0, n_users, 4000)
+    data = TrainData(users, rng.integers(0, n_items, 4000), None, hist, None, None, n_items)
+    batches = list(PairBatches(data, 1000, seed=1, short_history=0.3, short_history_len=5))
+    rows = torch.cat([b["history"] for b in batches])
+    n = (rows >= 0).sum(1)
+    cut = n <= 5
+    assert 0.25 < cut.float().mean() < 0.35
+    assert n[cut].min() >= 1 and n[cut].float().mean() == pytest.approx(3.0, abs=0.3)  # k ~ U{1..5}
+    assert (n[~cut] >= n_hist - 1).all()  # the other rows keep their history (less the masked target)
+    kept = rows[cut][rows[cut] >= 0]
+    own = torch.from_numpy(hist)[torch.cat([b["users"] for b in batches])[cut]]
+    assert all(set(r[r >= 0].tolist()) <= set(o.tolist()) for r, o in zip(rows[cut], own, strict=True))
+    assert len(torch.unique(kept)) > 100  # random items of the history, not always the same ones
+
+
+@pytest.mark.parametrize("params", [{"short_history": 1.0}, {"short_history": -0.1}, {"short_history_len": 0}])
+def test_short_history_settings_out_of_range_are_refused(params):
+    with pytest.raises(ConfigError, match="short_history"):
+        TwoTowerConfig(**params).validate()

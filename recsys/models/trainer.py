@@ -92,9 +92,10 @@ class PairBatches(IterableDataset):
 
     A batch is a dict of tensors: ``users``, ``items`` (this rank's rows), ``history``
     (their histories with the target item masked out, so the model cannot learn to
-    "find the positive in the history", and with *history dropout* thinned to a random
-    keep rate in ``[1 - history_dropout, 1]`` per row, so the tower also learns to place
-    users with short histories), ``items_global`` (every rank's positives, the
+    "find the positive in the history", with *history dropout* thinned to a random
+    keep rate in ``[1 - history_dropout, 1]`` per row, and a ``short_history`` share of
+    rows cut to ``k ~ U{1..short_history_len}`` random items, so the tower also learns to
+    place users with short histories), ``items_global`` (every rank's positives, the
     candidate ids), ``offset`` (where this rank's rows start), ``drop_user``/``drop_item``
     (id-dropout masks), ``negatives`` (uniform negatives, possibly empty) and optionally
     ``weight``, ``categorical``, ``dense``. The last incomplete batch is dropped so every
@@ -115,6 +116,8 @@ class PairBatches(IterableDataset):
         user_id_dropout: float = 0.0,
         item_id_dropout: float = 0.0,
         history_dropout: float = 0.0,
+        short_history: float = 0.0,
+        short_history_len: int = 10,
         n_negatives: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -138,6 +141,7 @@ class PairBatches(IterableDataset):
             raise ConfigError(f"{len(self.users)} training pairs are too few for {world_size} processes")
         self.seed, self.epoch = int(seed), 0
         self.p_user, self.p_item, self.p_hist, self.n_negatives = user_id_dropout, item_id_dropout, history_dropout, n_negatives
+        self.p_short, self.short_len = short_history, short_history_len
         self.rank, self.world_size = rank, world_size
 
     def set_epoch(self, epoch: int) -> None:
@@ -169,6 +173,12 @@ class PairBatches(IterableDataset):
             history = history.masked_fill(history == items[:, None], -1)
             if self.p_hist > 0:
                 history = history.masked_fill(hist_drop, -1)
+            if self.p_short > 0:  # these rows keep k ~ U{1..L} of their items, chosen at random
+                short = (torch.rand(gb, generator=g, device=dev) < self.p_short)[lo : lo + b]
+                k = torch.randint(1, self.short_len + 1, (gb,), generator=g, device=dev)[lo : lo + b]
+                u = torch.rand(gb, self.histories.shape[1], generator=g, device=dev)[lo : lo + b]
+                rank = u.masked_fill(history < 0, 2.0).argsort(1).argsort(1)  # padding ranks last
+                history = history.masked_fill(short[:, None] & (rank >= k[:, None]), -1)
             batch = {
                 "users": users,
                 "items": items,
@@ -314,7 +324,8 @@ class Trainer:
         cfg = self.cfg
         batches = PairBatches(
             data, cfg.batch_size, cfg.seed, user_id_dropout=cfg.user_id_dropout, item_id_dropout=cfg.item_id_dropout,
-            history_dropout=cfg.history_dropout, n_negatives=cfg.n_negatives, rank=self.dist.rank, world_size=self.dist.world_size,
+            history_dropout=cfg.history_dropout, short_history=cfg.short_history,
+            short_history_len=cfg.short_history_len, n_negatives=cfg.n_negatives, rank=self.dist.rank, world_size=self.dist.world_size,
             device=batch_device(data, self.device),
         )  # fmt: skip
         if cfg.logq:

@@ -31,7 +31,9 @@ class TwoTowerConfig:
     Training: ``epochs``, ``batch_size`` (global, over all processes), ``lr``,
     ``sparse_lr`` (SparseAdam; default ``lr``), ``weight_decay`` (AdamW), id dropout
     rates, ``history_dropout`` (each training row keeps its history items at a random
-    rate in ``[1 - history_dropout, 1]``: helps users with short histories), ``ema``
+    rate in ``[1 - history_dropout, 1]``), ``short_history`` (the share of training rows whose
+    history is cut to a random 1..``short_history_len`` of its items: the regime of new and
+    light users, which history dropout alone never reaches for heavy users), ``ema``
     (evaluate and export an exponential moving average of the weights with this per-step
     decay; 0 = off; each step then touches every weight, so keep it off for id tables of
     millions of rows), early
@@ -63,6 +65,8 @@ class TwoTowerConfig:
     user_id_dropout: float = 0.1
     item_id_dropout: float = 0.1
     history_dropout: float = 0.0
+    short_history: float = 0.0
+    short_history_len: int = 10
     ema: float = 0.0
     metric: str = "ndcg@10"
     eval_every: int = 1
@@ -74,7 +78,7 @@ class TwoTowerConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid value."""
-        for name in ("dim", "history_len", "epochs", "batch_size", "eval_every"):
+        for name in ("dim", "history_len", "short_history_len", "epochs", "batch_size", "eval_every"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {v!r}")
@@ -82,7 +86,7 @@ class TwoTowerConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"{name} must be an integer >= 0, got {v!r}")
-        for name in ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout", "ema"):
+        for name in ("dropout", "user_id_dropout", "item_id_dropout", "history_dropout", "short_history", "ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if isinstance(self.user_balance, bool) or not isinstance(self.user_balance, (int, float)) or not 0.0 <= self.user_balance <= 1.0:
