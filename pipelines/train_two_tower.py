@@ -11,8 +11,10 @@ Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank trains its slice of each glob
 MLflow run, evaluates on test and writes artifacts.
 
 Protocol (as for MF): the best epoch is chosen by early stopping on validation
-``ndcg@10``; with ``refit_on_valid`` (default) the model is refitted on train + valid for
-that many epochs and evaluated once on test at K in {10, 20, 50, 100}.
+``ndcg@10`` (with one member when ``ensemble`` > 1 and a refit follows); with
+``refit_on_valid`` (default) the model (all ``ensemble`` members) is refitted on train + valid
+for as many optimizer steps as the chosen epoch took (:func:`recsys.models.two_tower_config.refit_epochs`,
+logged as ``refit_epochs``) and evaluated once on test at K in {10, 20, 50, 100}.
 
 Pipeline-level params (popped before the model sees them): ``item_features`` = "auto"
 (multi-hot of the items table's ``genres`` column when present), "none", or a path to a
@@ -125,7 +127,7 @@ def fit_and_log(
         tracking.log_config(config)
         manifest = dataset.path / "manifest.json" if dataset.path is not None else dataset.manifest
         tracking.log_dataset_lineage(manifest, {s: df.height for s, df in dataset.splits.items()}, name=name, path=dataset.path)
-        model = TwoTower(**params)
+        model = TwoTower(**_selection_params(params, has_valid and refit))
         m_valid: dict[str, float] = {}
         if has_valid:
             model.fit(
@@ -143,9 +145,9 @@ def fit_and_log(
         final = model.get_params()
         if has_valid and refit:
             seen = dataset.matrix("train", "valid")
-            final = {**final, "epochs": model.best_epoch_, "patience": None}
-            model = TwoTower(**final).fit(seen, pairs=pl.concat([dataset.split("train"), dataset.split("valid")], how="diagonal_relaxed"),
-                                          item_features=feats)  # fmt: skip
+            model = _refit(model, dataset, feats, params.get("ensemble", 1))
+            final = model.get_params()
+            tracking.log_metrics({"refit_epochs": model.epochs})
         m_test = evaluate(model, seen, test, ks=KS)
         tracking.log_metrics(m_test, prefix="test_")
         out = _write_artifacts(dataset, model, "two-tower", config, final, m_valid, m_test, out_dir, name)
@@ -160,15 +162,29 @@ def _fit_worker(dataset: Any, params: dict[str, Any], feats: Any, has_valid: boo
     from recsys.models.two_tower import TwoTower
 
     train = dataset.matrix("train")
-    model = TwoTower(**params)
+    model = TwoTower(**_selection_params(params, has_valid and refit))
     val = _validation(train, dataset.matrix("valid"), int(model.metric.split("@")[-1] or 10)) if has_valid else None
     model.fit(train, pairs=dataset.split("train"), item_features=feats, validation=val)
-    if has_valid and refit:
-        pairs = pl.concat([dataset.split("train"), dataset.split("valid")], how="diagonal_relaxed")
-        model = TwoTower(**{**model.get_params(), "epochs": model.best_epoch_, "patience": None}).fit(
-            dataset.matrix("train", "valid"), pairs=pairs, item_features=feats
-        )
-    return model
+    return _refit(model, dataset, feats, params.get("ensemble", 1)) if has_valid and refit else model
+
+
+def _selection_params(params: dict[str, Any], will_refit: bool) -> dict[str, Any]:
+    """With a refit to come, select the epoch with one member: the others would be thrown away."""
+    return {**params, "ensemble": 1} if will_refit else params
+
+
+def _refit(model: Any, dataset: Any, feats: Any, ensemble: int) -> Any:
+    """Retrain on train + valid (``ensemble`` members) for as many optimizer steps as validation chose."""
+    from recsys.models.two_tower import TwoTower
+    from recsys.models.two_tower_config import refit_epochs
+
+    pairs = pl.concat([dataset.split("train"), dataset.split("valid")], how="diagonal_relaxed")
+    epochs = refit_epochs(model.best_epoch_, dataset.split("train").height, pairs.height)
+    log.info("refit on train + valid: %d epochs (%d selected on %d pairs, now %d pairs)",
+             epochs, model.best_epoch_, dataset.split("train").height, pairs.height)  # fmt: skip
+    return TwoTower(**{**model.get_params(), "ensemble": ensemble, "epochs": epochs, "patience": None}).fit(
+        dataset.matrix("train", "valid"), pairs=pairs, item_features=feats
+    )
 
 
 # -- CLI (python -m pipelines.train_two_tower / torchrun) ----------------------------------------

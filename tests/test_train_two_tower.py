@@ -65,3 +65,46 @@ def test_unknown_parameter_fails_before_a_run_is_opened(dataset, tmp_path):
     with pytest.raises(ConfigError, match="unknown TwoTower parameters"):
         fit_and_log(dataset, {"dims": 3}, local_sqlite_uri(tmp_path), "tt-test", tmp_path / "out")
     assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_refit_on_train_and_valid_takes_as_many_steps_as_the_selected_epoch(dataset, tmp_path):
+    from recsys.models.two_tower_config import refit_epochs
+
+    train = dataset.split("train")
+    is_valid = np.random.default_rng(0).random(train.height) < 0.4
+    ds = Dataset({**dataset.splits, "train": train.filter(pl.Series(~is_valid)), "valid": train.filter(pl.Series(is_valid))},
+                 dataset.user_map, dataset.item_map, dataset.items)  # fmt: skip
+    params = {**FAST, "user_id_dim": 0, "item_features": "auto", "epochs": 6, "patience": None, "lr": 3e-2}
+    model, run_id, _ = fit_and_log(ds, params, local_sqlite_uri(tmp_path), "tt-test", tmp_path / "out")
+
+    import mlflow
+
+    m = mlflow.MlflowClient(local_sqlite_uri(tmp_path)).get_run(run_id).data.metrics
+    expected = refit_epochs(int(m["valid_best_epoch"]), ds.split("train").height, train.height)
+    assert m["refit_epochs"] == expected == model.epochs
+    assert expected < m["valid_best_epoch"]  # 60% of the pairs: fewer epochs for the same steps
+
+
+def test_refit_epochs_scales_the_selected_epoch_by_the_pair_counts():
+    from recsys.models.two_tower_config import refit_epochs
+
+    assert refit_epochs(10, 800, 1000) == 8
+    assert refit_epochs(1, 10, 1000) == 1  # never zero
+    with pytest.raises(ConfigError, match="positive"):
+        refit_epochs(0, 800, 1000)
+
+
+def test_ensemble_selects_with_one_member_and_refits_all(dataset, tmp_path, caplog):
+    import logging
+
+    train = dataset.split("train")
+    is_valid = np.random.default_rng(1).random(train.height) < 0.3
+    ds = Dataset({**dataset.splits, "train": train.filter(pl.Series(~is_valid)), "valid": train.filter(pl.Series(is_valid))},
+                 dataset.user_map, dataset.item_map, dataset.items)  # fmt: skip
+    params = {**FAST, "user_id_dim": 0, "item_features": "auto", "epochs": 3, "lr": 3e-2, "ensemble": 2}
+    with caplog.at_level(logging.INFO, logger="recsys.models.two_tower"):
+        model, _, metrics = fit_and_log(ds, params, local_sqlite_uri(tmp_path), "tt-test", tmp_path / "out")
+    assert caplog.text.count("member 2/2") == 1  # the second member is trained once: in the refit
+    assert model.ensemble == 2 and model.item_factors_.shape[1] == 2 * FAST["dim"]
+    assert Recommender.load(tmp_path / "out" / "model.npz").item_factors_.shape[1] == 2 * FAST["dim"]
+    assert metrics["ndcg@10"] > 0

@@ -254,3 +254,51 @@ def test_short_history_cuts_that_share_of_rows_to_one_to_l_random_items():
 def test_short_history_settings_out_of_range_are_refused(params):
     with pytest.raises(ConfigError, match="short_history"):
         TwoTowerConfig(**params).validate()
+
+
+def test_ensemble_concatenates_members_and_its_first_member_is_the_single_model(data, tmp_path):
+    csr, pairs, held, feats = data
+    params = {**FAST, "user_id_dim": 0}
+    single = TwoTower(**params).fit(csr, pairs=pairs, item_features=feats)
+    ens = TwoTower(**{**params, "ensemble": 2}).fit(csr, pairs=pairs, item_features=feats)
+    d = FAST["dim"]
+    assert ens.item_factors_.shape == (N_ITEMS, 2 * d) and ens.user_factors_.shape == (N_USERS, 2 * d)
+    assert np.allclose(np.linalg.norm(ens.item_factors_, axis=1), 1.0, atol=1e-5)
+    # member 0 trains exactly like the single model (same seed, batches, epochs); member 1 differs
+    assert np.allclose(ens.item_factors_[:, :d] * np.sqrt(2), single.item_factors_, atol=1e-6)
+    assert not np.allclose(ens.item_factors_[:, d:], ens.item_factors_[:, :d])
+    # so the ensemble's cosine is the mean of its members' cosines
+    s = ens.user_factors_ @ ens.item_factors_.T
+    m0 = ens.user_factors_[:, :d] @ ens.item_factors_[:, :d].T * 2
+    m1 = ens.user_factors_[:, d:] @ ens.item_factors_[:, d:].T * 2
+    assert np.allclose(s, (m0 + m1) / 2, atol=1e-5)
+    ids, _ = ens.recommend(np.arange(N_USERS), k=1)
+    assert (ids[:, 0] == held).mean() >= 0.9
+    assert ens.user_vectors_from_history([np.array([0, 1, 2])]).shape == (1, 2 * d)
+    assert ens.item_vectors(drop_ids=True).shape == (N_ITEMS, 2 * d)
+
+    ens.save(tmp_path / "ens.npz")
+    loaded = Recommender.load(tmp_path / "ens.npz")
+    assert np.array_equal(loaded.item_factors_, ens.item_factors_)
+    assert np.array_equal(loaded.user_vectors_from_history([[3, 4]]), ens.user_vectors_from_history([[3, 4]]))
+    ens.save_checkpoint(tmp_path / "ckpt")
+    restored = TwoTower.load_checkpoint(tmp_path / "ckpt")
+    assert restored.ensemble == 2 and np.array_equal(restored.item_factors_, ens.item_factors_)
+
+
+def test_ensemble_members_train_as_many_epochs_as_the_first_kept(data, tmp_path, caplog):
+    import logging
+
+    csr, pairs, _, _ = data
+    scores = iter([0.5, 0.7, 0.6, 0.4, 0.3])
+    with caplog.at_level(logging.INFO, logger="recsys.models.two_tower"):
+        m = TwoTower(**{**FAST, "epochs": 5, "patience": 2, "ensemble": 2}).fit(
+            csr, pairs=pairs, validation=lambda model: {"ndcg@10": next(scores)}, checkpoint_dir=tmp_path
+        )
+    assert m.best_epoch_ == 2 and "member 2/2, 2 epochs" in caplog.text
+    assert TwoTower.load_checkpoint(tmp_path).item_factors_.shape[1] == 2 * FAST["dim"]  # the whole ensemble
+
+
+def test_ensemble_below_one_is_refused():
+    with pytest.raises(ConfigError, match="ensemble"):
+        TwoTowerConfig(ensemble=0).validate()

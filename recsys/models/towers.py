@@ -23,6 +23,7 @@ trainable at GPU speed with :class:`torch.optim.SparseAdam`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from torch import nn
 
 from recsys.errors import ConfigError
 
-__all__ = ["MLP", "ItemTower", "TwoTowerNet", "UserTower"]
+__all__ = ["MLP", "ConcatTower", "EnsembleNet", "ItemTower", "TwoTowerNet", "UserTower"]
 
 POOLINGS = ("mean", "attention")
 
@@ -311,3 +312,41 @@ class TwoTowerNet(nn.Module):
             if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse:
                 out.append(m.weight)
         return out
+
+
+class ConcatTower(nn.Module):
+    """Several towers of one kind side by side: their vectors concatenated, scaled by 1/sqrt(K).
+
+    With unit-norm member vectors the result has unit norm and the cosine of two
+    concatenations is the *mean* of the members' cosines (the dot product of unnormalised
+    members is their mean too), so an index over the concatenated vectors ranks by the
+    ensemble's averaged score.
+    """
+
+    def __init__(self, towers: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.towers = nn.ModuleList(towers)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.cat([t(*args, **kwargs) for t in self.towers], dim=-1) / len(self.towers) ** 0.5
+
+
+class EnsembleNet(nn.Module):
+    """``K`` independently trained :class:`TwoTowerNet` s seen as one net for inference.
+
+    ``user_tower`` / ``item_tower`` are :class:`ConcatTower` s, so the model's export,
+    fold-in and cold-item paths work unchanged and give ``K * dim`` vectors. Training
+    happens member by member (:meth:`member`); this net itself has no ``forward``.
+    """
+
+    def __init__(self, members: Sequence[TwoTowerNet]) -> None:
+        super().__init__()
+        self.user_tower = ConcatTower([m.user_tower for m in members])
+        self.item_tower = ConcatTower([m.item_tower for m in members])
+
+    def member(self, j: int) -> TwoTowerNet:
+        """Member ``j`` as a trainable :class:`TwoTowerNet` (it shares this net's parameters)."""
+        return TwoTowerNet(self.user_tower.towers[j], self.item_tower.towers[j])
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [p for j in range(len(self.user_tower.towers)) for p in self.member(j).sparse_parameters()]

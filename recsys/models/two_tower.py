@@ -151,7 +151,7 @@ class TwoTower(FactorModel):
         self.user_items_ = user_items
         self.device_ = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
-        self.net_ = self._build_net(item_features).to(self.device_)
+        self.net_ = self._build_member(item_features).to(self.device_)  # member 0: validated, early-stopped
         data = TrainData(u, it, weights, hist, self.user_categorical_, self.user_dense_, n_items)
         trainer = Trainer(self.net_, cfg, self.device_, DistInfo.current())
         evaluate = None
@@ -161,11 +161,31 @@ class TwoTower(FactorModel):
                 self._export()
                 return validation(self)
 
-        self.history_ = trainer.fit(
-            data, evaluate, on_epoch, checkpoint_dir, {"config": self.get_params(), "arch": self._arch}, cfg.show_progress
-        )
+        member_config = {"config": {**self.get_params(), "ensemble": 1}, "arch": self._arch}
+        self.history_ = trainer.fit(data, evaluate, on_epoch, checkpoint_dir, member_config, cfg.show_progress)
         self.best_epoch_, self.best_score_ = trainer.best_epoch, trainer.best_score
+        if cfg.ensemble > 1:
+            self._fit_other_members(data, item_features, len(self.history_) if evaluate is None else self.best_epoch_)
+            if checkpoint_dir is not None and DistInfo.current().is_main:
+                self.save_checkpoint(checkpoint_dir)  # the whole ensemble replaces member 0's checkpoint
         self._export()
+
+    def _fit_other_members(self, data: Any, item_features: Any, epochs: int) -> None:
+        """Members 1..K-1: seeds ``seed + j``, as many epochs as member 0 kept; then one net."""
+        import torch
+
+        from recsys.models.distributed import DistInfo
+        from recsys.models.towers import EnsembleNet
+        from recsys.models.trainer import Trainer
+
+        members = [self.net_]
+        for j in range(1, self.ensemble):
+            cfg = dataclasses.replace(self.config, seed=self.seed + j, epochs=epochs, patience=None)
+            torch.manual_seed(cfg.seed)
+            members.append(self._build_member(item_features).to(self.device_))
+            log.info("two-tower ensemble: member %d/%d, %d epochs", j + 1, self.ensemble, epochs)
+            Trainer(members[-1], cfg, self.device_, DistInfo.current()).fit(data, show_progress=cfg.show_progress)
+        self.net_ = EnsembleNet(members)
 
     @staticmethod
     def _arch_from(n_users: int, n_items: int, item_features: Any, cat: Any, dense: Any) -> dict[str, Any]:
@@ -184,6 +204,14 @@ class TwoTower(FactorModel):
         }
 
     def _build_net(self, item_features: np.ndarray | None) -> Any:
+        """The inference net: one :class:`TwoTowerNet`, or an ``EnsembleNet`` of ``ensemble``."""
+        from recsys.models.towers import EnsembleNet
+
+        if self.ensemble == 1:
+            return self._build_member(item_features)
+        return EnsembleNet([self._build_member(item_features) for _ in range(self.ensemble)])
+
+    def _build_member(self, item_features: np.ndarray | None) -> Any:
         import torch
 
         from recsys.models.towers import ItemTower, TwoTowerNet, UserTower
@@ -226,7 +254,7 @@ class TwoTower(FactorModel):
         with torch.inference_mode():
             for s in range(0, n, batch_size):
                 out.append(fn(slice(s, s + batch_size)).float().cpu().numpy())
-        d = self.config.dim
+        d = self.config.dim * self.config.ensemble
         return np.ascontiguousarray(np.concatenate(out) if out else np.zeros((0, d)), dtype=np.float32)
 
     def _user_vectors(self, users: np.ndarray | None, hist: np.ndarray, cat: Any, dense: Any, drop_id: bool) -> np.ndarray:
