@@ -15,6 +15,7 @@ from tests.two_tower_fixtures import FAST, one_torch_thread, synthetic  # noqa: 
 
 # dense grads (DDP all-reduce), uniform negatives, id dropout and weights: every path of the step
 PARAMS = {**FAST, "epochs": 3, "batch_size": 32, "n_negatives": 4, "use_weights": True, "hidden": [16]}
+ENSEMBLE = {**PARAMS, "epochs": 2, "ensemble": 2, "short_history": 0.3}
 
 
 def _check_gather(rank: int) -> dict[str, np.ndarray]:
@@ -32,8 +33,10 @@ def _worker(rank: int, world: int, init: str, out: str) -> None:
         gathered = _check_gather(rank)
         csr, pairs, _, feats = synthetic()
         m = TwoTower(**PARAMS).fit(csr, pairs=pairs, item_features=feats)
+        ens = TwoTower(**ENSEMBLE).fit(csr, pairs=pairs, item_features=feats)
         if rank == 1:
-            np.savez(out, u=m.user_factors_, v=m.item_factors_, loss=[h["loss"] for h in m.history_], **gathered)
+            np.savez(out, u=m.user_factors_, v=m.item_factors_, loss=[h["loss"] for h in m.history_],
+                     ens_v=ens.item_factors_, **gathered)  # fmt: skip
     finally:
         cleanup()
 
@@ -52,6 +55,13 @@ def test_two_gloo_processes_match_single_process_training(ddp_result):
     assert np.allclose(ddp_result["loss"], [h["loss"] for h in single.history_], atol=1e-4)
     assert np.allclose(ddp_result["u"], single.user_factors_, atol=1e-4)
     assert np.allclose(ddp_result["v"], single.item_factors_, atol=1e-4)
+
+
+def test_ensemble_members_train_data_parallel_like_single_process(ddp_result):
+    csr, pairs, _, feats = synthetic()
+    single = TwoTower(**ENSEMBLE).fit(csr, pairs=pairs, item_features=feats)
+    assert ddp_result["ens_v"].shape == single.item_factors_.shape == (csr.shape[1], 2 * FAST["dim"])
+    assert np.allclose(ddp_result["ens_v"], single.item_factors_, atol=1e-4)
 
 
 def test_gather_with_grad_concatenates_in_rank_order_and_sums_gradients(ddp_result):
