@@ -178,10 +178,11 @@ def _refit(model: Any, dataset: Any, feats: Any, ensemble: int) -> Any:
     from recsys.models.two_tower import TwoTower
     from recsys.models.two_tower_config import refit_epochs
 
-    pairs = pl.concat([dataset.split("train"), dataset.split("valid")], how="diagonal_relaxed")
-    epochs = refit_epochs(model.best_epoch_, dataset.split("train").height, pairs.height)
+    train = dataset.split("train")
+    pairs = pl.concat([train, dataset.split("valid")], how="diagonal_relaxed")
+    epochs = refit_epochs(model.best_epoch_, train.height, pairs.height)
     log.info("refit on train + valid: %d epochs (%d selected on %d pairs, now %d pairs)",
-             epochs, model.best_epoch_, dataset.split("train").height, pairs.height)  # fmt: skip
+             epochs, model.best_epoch_, train.height, pairs.height)  # fmt: skip
     return TwoTower(**{**model.get_params(), "ensemble": ensemble, "epochs": epochs, "patience": None}).fit(
         dataset.matrix("train", "valid"), pairs=pairs, item_features=feats
     )

@@ -335,18 +335,11 @@ class EnsembleNet(nn.Module):
     """``K`` independently trained :class:`TwoTowerNet` s seen as one net for inference.
 
     ``user_tower`` / ``item_tower`` are :class:`ConcatTower` s, so the model's export,
-    fold-in and cold-item paths work unchanged and give ``K * dim`` vectors. Training
-    happens member by member (:meth:`member`); this net itself has no ``forward``.
+    fold-in and cold-item paths work unchanged and give ``K * dim`` vectors. The members
+    are trained one by one before they are put together; this net has no ``forward``.
     """
 
     def __init__(self, members: Sequence[TwoTowerNet]) -> None:
         super().__init__()
         self.user_tower = ConcatTower([m.user_tower for m in members])
         self.item_tower = ConcatTower([m.item_tower for m in members])
-
-    def member(self, j: int) -> TwoTowerNet:
-        """Member ``j`` as a trainable :class:`TwoTowerNet` (it shares this net's parameters)."""
-        return TwoTowerNet(self.user_tower.towers[j], self.item_tower.towers[j])
-
-    def sparse_parameters(self) -> list[nn.Parameter]:
-        return [p for j in range(len(self.user_tower.towers)) for p in self.member(j).sparse_parameters()]

@@ -177,8 +177,9 @@ class PairBatches(IterableDataset):
                 short = (torch.rand(gb, generator=g, device=dev) < self.p_short)[lo : lo + b]
                 k = torch.randint(1, self.short_len + 1, (gb,), generator=g, device=dev)[lo : lo + b]
                 u = torch.rand(gb, self.histories.shape[1], generator=g, device=dev)[lo : lo + b]
-                rank = u.masked_fill(history < 0, 2.0).argsort(1).argsort(1)  # padding ranks last
-                history = history.masked_fill(short[:, None] & (rank >= k[:, None]), -1)
+                u = u.masked_fill(history < 0, 2.0)  # padding sorts last
+                kth = u.sort(1).values.gather(1, (k.clamp(max=u.shape[1]) - 1)[:, None])  # each row's k-th smallest draw
+                history = history.masked_fill(short[:, None] & (u > kth), -1)
             batch = {
                 "users": users,
                 "items": items,
@@ -331,8 +332,8 @@ class Trainer:
         if cfg.logq:
             q = candidate_log_q(data.item_counts(), batches.batch_size, cfg.n_negatives)
             self.log_q = torch.from_numpy(q).to(self.device)
-        on_host = batches.device.type == "cpu"
-        loader = DataLoader(batches, batch_size=None, num_workers=0, pin_memory=on_host and self.device.type == "cuda")
+        host_to_gpu = batches.device.type == "cpu" and self.device.type == "cuda"
+        loader = DataLoader(batches, batch_size=None, num_workers=0, pin_memory=host_to_gpu)
         history: list[dict[str, float]] = []
         best: dict[str, Any] = {}
         since_best = 0
@@ -342,7 +343,7 @@ class Trainer:
             self.net.train()
             t0, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
             # host-built batches for a GPU: build them in a thread (the GPU step is short)
-            it = prefetch(loader) if on_host and self.device.type == "cuda" else loader
+            it = prefetch(loader) if host_to_gpu else loader
             if show_progress and self.dist.is_main:
                 from tqdm.auto import tqdm
 
