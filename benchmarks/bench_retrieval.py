@@ -10,9 +10,12 @@ tuned upwards), then measures in the same run:
 * batch throughput (users/s) of ``recommend(list_of_1000_users, k=100)`` for both;
 * build time (forest only, and the whole export with the gate) and index size.
 
-Synthetic catalogues are not isotropic Gaussian noise (on which no tree index works):
-like MF factors they have cluster structure and a skewed norm (popularity) distribution;
-see :func:`synthetic`. ``--compare-dot`` also measures Annoy's own ``dot`` metric at the
+Synthetic catalogues are not isotropic Gaussian noise (on which no tree index works).
+Two kinds (``--catalogues``): ``clusters`` (:func:`synthetic`: 4*sqrt(n) isotropic
+cluster centres, mildly skewed norms; the harder one for trees) and ``mf``
+(:func:`mf_like`: covariance and norm distribution taken from real ALS factors of the
+embedded MovieLens, i.e. low effective rank and very skewed norms). Dot-product bundles
+are norm-ranged by default (``--norm-ranges 1``: one forest, for comparison). ``--compare-dot`` also measures Annoy's own ``dot`` metric at the
 same ``search_k``. Results go to ``benchmarks/results/retrieval.json``.
 
     .venv/bin/python benchmarks/bench_retrieval.py --quick
@@ -52,6 +55,39 @@ def synthetic(n_items: int, n_users: int, dim: int = 64, seed: int = 0) -> tuple
     items *= rng.lognormal(0.0, 0.3, size=(n_items, 1)).astype(np.float32)
     users = centres[rng.integers(n_c, size=n_users)] + 0.6 * rng.normal(size=(n_users, dim)).astype(np.float32)
     return items.astype(np.float32), users.astype(np.float32)
+
+
+def mf_like(n_items: int, n_users: int, dim: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors calibrated on real MF factors: implicit ALS (``dim`` factors) on the embedded
+    MovieLens latest-small gives the item and user covariances and norm distributions;
+    directions are drawn from a Gaussian with that covariance and lengths are resampled
+    from the real norms. Real factors are far from isotropic and their norms are skewed
+    (popular items get long vectors: the longest is ~8x the median), which is what makes
+    one MIPS-augmented forest lose recall and norm ranges pay off."""
+    import polars as pl
+    from conftest import ML_SMALL
+    from implicit.cpu.als import AlternatingLeastSquares
+    from threadpoolctl import threadpool_limits
+
+    r = pl.read_csv(ML_SMALL / "ratings.csv")
+    _, u = np.unique(r["userId"].to_numpy(), return_inverse=True)
+    _, i = np.unique(r["movieId"].to_numpy(), return_inverse=True)
+    m = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)))
+    als = AlternatingLeastSquares(factors=dim, regularization=0.05, alpha=1.0, iterations=10, random_state=0,
+                                  num_threads=1)
+    with threadpool_limits(1, "blas"):
+        als.fit(m, show_progress=False)
+    rng = np.random.default_rng(seed)
+
+    def draw(real: np.ndarray, n: int) -> np.ndarray:
+        x = rng.multivariate_normal(real.mean(0), np.cov(real.T), size=n, method="cholesky")
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        return (x * rng.choice(np.linalg.norm(real, axis=1), n)[:, None]).astype(np.float32)
+
+    return draw(np.asarray(als.item_factors, np.float64), n_items), draw(np.asarray(als.user_factors, np.float64), n_users)
+
+
+CATALOGUES = {"clusters": synthetic, "mf": mf_like}
 
 
 def random_seen(n_users: int, n_items: int, per_user: int = 20, seed: int = 1) -> sp.csr_matrix:
@@ -117,6 +153,7 @@ def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matr
     served_recall = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(a_ids, e_ids)]))
     row = {
         "name": name, "n_items": n_items, "dim": items.shape[1], "n_trees": cfg.n_trees,
+        "ranges": len(info.manifest["index"].get("ranges", {}).get("files", [None])),
         "search_k": info.search_k, "gate_recall@100": info.recall, "served_recall@100": served_recall,
         "build_s": info.build_seconds, "export_s": export_s, "index_mb": info.index_bytes / 2**20,
         "annoy_p50_ms": a50, "annoy_p99_ms": a99, "exact_p50_ms": e50, "exact_p99_ms": e99,
@@ -160,7 +197,7 @@ def movielens_vectors() -> tuple[np.ndarray, np.ndarray, sp.csr_matrix, dict]:
     return real.item_vectors, real.user_vectors, real.train, foldin
 
 
-COLS = [("name", "{}"), ("n_items", "{:,}"), ("search_k", "{:,}"), ("gate_recall@100", "{:.3f}"),
+COLS = [("name", "{}"), ("n_items", "{:,}"), ("ranges", "{}"), ("search_k", "{:,}"), ("gate_recall@100", "{:.3f}"),
         ("served_recall@100", "{:.3f}"), ("build_s", "{:.1f}"), ("index_mb", "{:.0f}"),
         ("annoy_p50_ms", "{:.2f}"), ("annoy_p99_ms", "{:.2f}"), ("annoy_cpu_p50_ms", "{:.2f}"),
         ("annoy_cpu_p99_ms", "{:.2f}"), ("exact_p50_ms", "{:.2f}"), ("exact_p99_ms", "{:.2f}"),
@@ -183,6 +220,10 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="10k and 100k items only")
     p.add_argument("--sizes", type=int, nargs="*", help="catalogue sizes (default 10k 100k 1M)")
     p.add_argument("--trees", type=int, default=50)
+    p.add_argument("--catalogues", nargs="*", choices=sorted(CATALOGUES), default=["clusters", "mf"],
+                   help="synthetic catalogue kinds (default both; see synthetic() and mf_like())")
+    p.add_argument("--norm-ranges", type=int, default=IndexConfig.norm_ranges,
+                   help="[index] norm_ranges (1: one forest, the pre-2026-11-26 export)")
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--latency-queries", type=int, default=1000)
     p.add_argument("--compare-dot", action="store_true", help="also measure Annoy's 'dot' metric")
@@ -192,7 +233,7 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     sizes = a.sizes or ([10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000])
-    cfg = IndexConfig(n_trees=a.trees, recall_k=100, min_recall=0.95, n_queries=1000)
+    cfg = IndexConfig(n_trees=a.trees, recall_k=100, min_recall=0.95, n_queries=1000, norm_ranges=a.norm_ranges)
     work = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     rows = []
     try:
@@ -200,11 +241,12 @@ def main() -> None:
             items, users, seen, foldin = movielens_vectors()
             rows.append(bench_one("ml-small-als", items, users, seen, work, cfg, a.latency_queries, a.compare_dot, foldin,
                                   a.sweep))
-        for n in sizes:
-            items, users = synthetic(n, a.users, seed=n)
-            rows.append(bench_one(f"synthetic-{n // 1000}k", items, users, random_seen(a.users, n), work, cfg,
-                                  a.latency_queries, a.compare_dot, sweep=a.sweep))
-            del items, users
+        for kind in a.catalogues:
+            for n in sizes:
+                items, users = CATALOGUES[kind](n, a.users, seed=n)
+                rows.append(bench_one(f"{kind}-{n // 1000}k", items, users, random_seen(a.users, n), work, cfg,
+                                      a.latency_queries, a.compare_dot, sweep=a.sweep))
+                del items, users
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(rows))

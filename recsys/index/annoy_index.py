@@ -50,6 +50,31 @@ def augment_inner_product(vectors: np.ndarray) -> tuple[float, np.ndarray]:
     return max_norm, np.hstack([vectors, extra[:, None]]).astype(np.float32)
 
 
+def build_forest(data: np.ndarray, metric: str, n_trees: int, seed: int, n_jobs: int = -1) -> annoy.AnnoyIndex:
+    """An in-memory Annoy forest over the rows of ``data`` (row ``i`` is item ``i``).
+
+    ``set_seed`` is called before any item is added: Annoy draws its split points when
+    the trees are built, from the seed it holds then.
+    """
+    ann = annoy.AnnoyIndex(data.shape[1], metric)
+    ann.set_seed(seed)
+    for i in tqdm(range(len(data)), desc="annoy add", disable=True if len(data) < 200_000 else None, mininterval=5):
+        ann.add_item(i, data[i])
+    ann.build(n_trees, n_jobs=n_jobs)
+    return ann
+
+
+def scaled_search_k(search_k: int, n: int, search_k_ref: int) -> int:
+    """``search_k`` for ``n`` results when it was tuned for ``search_k_ref`` results.
+
+    Queries that over-fetch (to make room for excluded items) scale the budget with the
+    result count, so filtering does not lower their recall.
+    """
+    if search_k > 0 and n > search_k_ref:
+        return int(math.ceil(search_k * n / search_k_ref))
+    return search_k
+
+
 class AnnoyIndex(VectorIndex):
     """Annoy forest over item vectors, with exact re-scoring of the candidates.
 
@@ -118,12 +143,7 @@ class AnnoyIndex(VectorIndex):
         self.max_norm_ = 0.0
         if self.transform == "mips_augment":
             self.max_norm_, data = augment_inner_product(self.vectors_)
-        ann = annoy.AnnoyIndex(data.shape[1], self.metric)
-        ann.set_seed(self.seed)
-        for i in tqdm(range(len(data)), desc="annoy add", disable=True if len(data) < 200_000 else None, mininterval=5):
-            ann.add_item(i, data[i])
-        ann.build(self.n_trees, n_jobs=self.n_jobs)
-        self._ann = ann
+        self._ann = build_forest(data, self.metric, self.n_trees, self.seed, self.n_jobs)
         log.info("annoy: %d items, dim %d (+%d), %d trees, metric %s", len(data), self.dim,
                  data.shape[1] - self.dim, self.n_trees, self.metric)
         return self
@@ -138,6 +158,10 @@ class AnnoyIndex(VectorIndex):
         self._check_built()
         if not self._ann.save(os.fspath(path)):
             raise OSError(f"annoy could not save the index to {path}")
+
+    def unload(self) -> None:
+        """Release the forest's memory (or its file mapping); the index is unusable after."""
+        self._ann.unload()
 
     @classmethod
     def load(
@@ -184,9 +208,7 @@ class AnnoyIndex(VectorIndex):
     def candidates(self, q: np.ndarray, n: int) -> np.ndarray:
         """Raw Annoy candidates (item indices) for one prepared query vector."""
         n = min(n, self.n_items)
-        sk = self.search_k
-        if sk > 0 and n > self.search_k_ref:
-            sk = int(math.ceil(sk * n / self.search_k_ref))
+        sk = scaled_search_k(self.search_k, n, self.search_k_ref)
         return np.asarray(self._ann.get_nns_by_vector(self._annoy_query(q), n, search_k=sk), dtype=np.int64)
 
     def _search(

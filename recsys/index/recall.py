@@ -17,6 +17,7 @@ from recsys.errors import InputError
 from recsys.index.annoy_index import AnnoyIndex
 from recsys.index.base import VectorIndex, check_k
 from recsys.index.exact import ExactIndex
+from recsys.index.norm_ranged import NormRangedAnnoyIndex
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class TuneResult:
 
 
 def tune_search_k(
-    index: AnnoyIndex,
+    index: AnnoyIndex | NormRangedAnnoyIndex,
     queries: np.ndarray,
     k: int = 100,
     threshold: float = 0.95,
@@ -64,14 +65,17 @@ def tune_search_k(
     cap: int | None = None,
     truth: np.ndarray | None = None,
 ) -> TuneResult:
-    """Double ``index.search_k`` until recall@k reaches ``threshold`` or ``cap``, then bisect.
+    """The smallest ``search_k`` (within two bisection steps) whose recall@k reaches ``threshold``.
 
-    Doubling overshoots by up to 2x (and latency grows with ``search_k``), so after
-    the first passing value two bisection steps towards the last failing one are tried.
+    From ``start``, ``search_k`` is doubled until recall@k reaches ``threshold`` or
+    ``cap``; if ``start`` already passes it is halved instead (down to ``k``) until it
+    fails. Doubling and halving overshoot by up to 2x (and latency grows with
+    ``search_k``), so two bisection steps between the last failing and the best passing
+    value follow.
 
     Parameters
     ----------
-    index : AnnoyIndex
+    index : AnnoyIndex or NormRangedAnnoyIndex
         Built index; its ``search_k`` is set to the chosen value on return.
     queries : array (n, dim)
         Real query vectors (a sample of user vectors), not item vectors: items are
@@ -97,23 +101,34 @@ def tune_search_k(
     sk = start if start is not None else (index.search_k if index.search_k > 0 else index.n_trees * k)
     cap = cap if cap is not None else max(sk, index.n_trees * index.n_items)
     history: list[tuple[int, float]] = []
-    while True:
-        index.search_k = sk
+
+    def measure(value: int, note: str = "") -> float:
+        index.search_k = value
         rec = recall_at_k(index, queries, truth, k)
-        history.append((sk, rec))
-        log.info("recall@%d = %.4f at search_k = %d", k, rec, sk)
-        if rec >= threshold or sk >= cap:
-            break
+        history.append((value, rec))
+        log.info("recall@%d = %.4f at search_k = %d%s", k, rec, value, note)
+        return rec
+
+    rec = measure(sk)
+    while rec < threshold and sk < cap:
         sk = min(cap, sk * 2)
+        rec = measure(sk)
     best, best_rec = sk, rec
-    if rec >= threshold and len(history) > 1:  # doubling overshoots: bisect back twice
-        lo = history[-2][0]
+    lo = history[-2][0] if rec >= threshold and len(history) > 1 else None
+    if rec >= threshold and lo is None:  # the start passed: look for a cheaper value below it
+        while best > k:
+            half = max(k, best // 2)
+            r = measure(half, " (halving)")
+            if r < threshold:
+                lo = half
+                break
+            best, best_rec = half, r
+    if lo is not None:  # between the last failing and the first passing value: bisect twice
         for _ in range(2):
             mid = (lo + best) // 2
-            index.search_k = mid
-            r = recall_at_k(index, queries, truth, k)
-            history.append((mid, r))
-            log.info("recall@%d = %.4f at search_k = %d (bisect)", k, r, mid)
+            if mid <= lo:
+                break
+            r = measure(mid, " (bisect)")
             if r >= threshold:
                 best, best_rec = mid, r
             else:

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from recsys.data.idmap import IdMap
 from recsys.errors import BundleError
 from recsys.index.annoy_index import AnnoyIndex
+from recsys.index.norm_ranged import NormRangedAnnoyIndex
 from recsys.io import read_json, sha256_file
 
 SCHEMA_VERSION = 1
@@ -73,10 +74,18 @@ def verify_bundle(path: str | os.PathLike, checksums: bool = True) -> dict[str, 
             raise BundleError(f"{f} has {size} bytes, the manifest says {meta['bytes']} (truncated or replaced)")
         if checksums and sha256_file(f) != meta["sha256"]:
             raise BundleError(f"{f} fails its sha256 check: the file is corrupted or was modified after export")
-    for required in ("index.ann", "item_vectors.npy", "items.parquet"):
+    for required in ("item_vectors.npy", "items.parquet", *index_files(manifest)):
         if required not in manifest.get("files", {}):
             raise BundleError(f"{path}: manifest lists no {required}")
     return manifest
+
+
+def index_files(manifest: dict[str, Any]) -> list[str]:
+    """The index files a manifest names: ``index.ann``, or one per norm range + the order."""
+    ix = manifest.get("index", {})
+    if ix.get("ranges"):
+        return [*ix["ranges"]["files"], ix["ranges"]["order_file"]]
+    return [ix.get("file") or "index.ann"]
 
 
 def read_bundle(path: str | os.PathLike, verify: bool = True, mmap: bool = True) -> BundleData:
@@ -109,9 +118,16 @@ def read_bundle(path: str | os.PathLike, verify: bool = True, mmap: bool = True)
                       user_vectors=users, user_map=user_map, seen=seen, foldin=foldin)
 
 
-def load_index(data: BundleData, prefault: bool = False) -> AnnoyIndex:
-    """Memory-map the bundle's ``.ann`` with the metric/dimension from its manifest."""
+def load_index(data: BundleData, prefault: bool = False) -> AnnoyIndex | NormRangedAnnoyIndex:
+    """Memory-map the bundle's ``.ann`` file(s) with the metric/dimension from its manifest."""
     ix = data.manifest["index"]
+    if ix.get("ranges"):
+        if data.manifest["similarity"] != "dot" or ix["transform"] != NormRangedAnnoyIndex.transform:
+            raise BundleError(f"{data.path}: norm ranges need a dot model and transform {NormRangedAnnoyIndex.transform!r}; "
+                              "the bundle was written by another recsys version")
+        return NormRangedAnnoyIndex.load(data.path, ix["ranges"], vectors=data.item_vectors, n_trees=ix["n_trees"],
+                                         search_k=ix["search_k"], seed=ix["seed"], search_k_ref=ix["search_k_ref"],
+                                         prefault=prefault)
     index = AnnoyIndex.load(data.path / ix["file"], vectors=data.item_vectors, similarity=data.manifest["similarity"],
                             metric=ix["metric"], n_trees=ix["n_trees"], search_k=ix["search_k"], seed=ix["seed"],
                             search_k_ref=ix["search_k_ref"], prefault=prefault)

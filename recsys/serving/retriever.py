@@ -343,9 +343,9 @@ def find_bundle(model_dir: str | os.PathLike) -> Path:
     model_dir = Path(model_dir)
     for candidate in [model_dir, *sorted(model_dir.glob("artifacts/*")), *sorted(model_dir.rglob("manifest.json"))]:
         d = candidate.parent if candidate.name == "manifest.json" else candidate
-        if (d / "manifest.json").is_file() and (d / "index.ann").is_file():
+        if (d / "manifest.json").is_file() and any(d.glob("*.ann")):
             return d
-    raise BundleError(f"{model_dir} holds no recsys bundle (no manifest.json with index.ann); "
+    raise BundleError(f"{model_dir} holds no recsys bundle (no manifest.json with .ann files); "
                       "was the model logged with log_retriever_model?")
 
 
