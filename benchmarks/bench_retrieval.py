@@ -224,6 +224,8 @@ def main() -> None:
                    help="synthetic catalogue kinds (default both; see synthetic() and mf_like())")
     p.add_argument("--norm-ranges", type=int, default=IndexConfig.norm_ranges,
                    help="[index] norm_ranges (1: one forest, the pre-2026-11-26 export)")
+    p.add_argument("--norm-range-exact-max", type=int, default=IndexConfig.norm_range_exact_max,
+                   help="[index] norm_range_exact_max (ranges up to this size are scanned exactly)")
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--latency-queries", type=int, default=1000)
     p.add_argument("--compare-dot", action="store_true", help="also measure Annoy's 'dot' metric")
@@ -233,7 +235,8 @@ def main() -> None:
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     sizes = a.sizes or ([10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000])
-    cfg = IndexConfig(n_trees=a.trees, recall_k=100, min_recall=0.95, n_queries=1000, norm_ranges=a.norm_ranges)
+    cfg = IndexConfig(n_trees=a.trees, recall_k=100, min_recall=0.95, n_queries=1000, norm_ranges=a.norm_ranges,
+                      norm_range_exact_max=a.norm_range_exact_max)
     work = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     rows = []
     try:

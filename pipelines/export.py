@@ -32,7 +32,8 @@ HELP = "export vectors to a recall-gated Annoy bundle and publish it (ROOT/lates
 log = logging.getLogger("recsys.export")
 
 _INDEX_FLAGS = {"n_trees": "n_trees", "search_k": "search_k", "min_recall": "min_recall", "recall_k": "recall_k",
-                "seed": "seed", "n_queries": "n_queries", "exact_max_items": "exact_max_items"}
+                "seed": "seed", "n_queries": "n_queries", "exact_max_items": "exact_max_items",
+                "norm_ranges": "norm_ranges"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-queries", type=int)
     parser.add_argument("--exact-max-items", type=int)
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--norm-ranges", type=int, help="dot models: forests by vector norm (1: a single forest)")
     parser.add_argument("--seen-splits", default="train,valid,test", help="splits whose items count as seen")
     parser.add_argument("--run-id", help="MLflow run id of the model (lineage, stored in the manifest)")
     parser.add_argument("--no-publish", action="store_true", help="build and measure, but leave latest alone")

@@ -50,7 +50,9 @@ def export_real(root, real: RealVectors, **kw):
     """Export a bundle of the real ALS vectors with the ALS fold-in spec."""
     from recsys.serving.bundle import IndexConfig, export_bundle
 
-    kw.setdefault("config", IndexConfig(n_trees=20, n_jobs=1))
+    # norm_range_exact_max=0: every norm range is searched in its forest, so the recall
+    # gate measures Annoy on real vectors (by default ranges this small are scanned)
+    kw.setdefault("config", IndexConfig(n_trees=20, n_jobs=1, norm_range_exact_max=0))
     return export_bundle(
         root,
         item_vectors=real.item_vectors,

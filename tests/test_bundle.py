@@ -54,11 +54,13 @@ def test_manifest_records_everything_needed_to_load_the_ann_file(real_bundle, re
     assert m["dim"] == 32 and m["n_items"] == real.dataset.n_items and m["n_users"] == real.dataset.n_users
     assert m["n_seen"] == real.train.nnz
     ix = m["index"]
-    assert ix["metric"] == "angular" and ix["transform"] == "mips_augment" and ix["annoy_dim"] == 33
+    # real ALS norms are skewed: the dot model gets one forest per norm range
+    assert ix["metric"] == "angular" and ix["transform"] == "norm_ranged_mips" and ix["annoy_dim"] == 33
+    assert ix["file"] is None and ix["ranges"]["bounds"] == [0, 1216, 2431, 4862, 9724]
     assert (ix["n_trees"], ix["seed"]) == (20, 42) and ix["search_k"] > 0
     on_disk = sorted(p.name for p in info.path.iterdir() if p.name != "manifest.json")
     assert sorted(m["files"]) == on_disk
-    assert {"index.ann", "item_vectors.npy", "items.parquet", "user_vectors.npy", "users.parquet", "seen.npz"} <= set(on_disk)
+    assert {"index-00.ann", "index-03.ann", "norm_order.npy", "item_vectors.npy", "items.parquet", "user_vectors.npy", "users.parquet", "seen.npz"} <= set(on_disk)
     for name, meta in m["files"].items():
         assert meta["sha256"] == sha256_file(info.path / name)
         assert meta["bytes"] == (info.path / name).stat().st_size
@@ -75,7 +77,7 @@ def test_version_names_sort_by_creation_time(tmp_path):
 
 
 def test_gate_refuses_to_publish_and_leaves_nothing_behind(tmp_path):
-    cfg = IndexConfig(n_trees=1, search_k=10, max_search_k=20, min_recall=0.99, n_jobs=1)
+    cfg = IndexConfig(n_trees=1, search_k=10, max_search_k=20, min_recall=0.99, n_jobs=1, norm_ranges=1)
     with pytest.raises(QualityGateError, match="recall@100"):
         _export(tmp_path, config=cfg)
     assert list((tmp_path / "bundles").iterdir()) == []
@@ -83,7 +85,7 @@ def test_gate_refuses_to_publish_and_leaves_nothing_behind(tmp_path):
 
 
 def test_gate_tunes_search_k_upwards_before_refusing(tmp_path):
-    info = _export(tmp_path, config=IndexConfig(n_trees=5, search_k=50, min_recall=0.95, n_jobs=1))
+    info = _export(tmp_path, config=IndexConfig(n_trees=5, search_k=50, min_recall=0.95, n_jobs=1, norm_ranges=1))
     tried = info.manifest["quality_gate"]["search_k_tried"]
     assert tried[0] == [50, pytest.approx(tried[0][1])] and tried[0][1] < 0.95
     first_pass = next(i for i, (_, r) in enumerate(tried) if r >= 0.95)
@@ -118,20 +120,26 @@ def test_unknown_index_setting_is_a_config_error():
         IndexConfig(min_recall=1.5)
 
 
-@pytest.fixture()
-def published(tmp_path):
-    info = _export(tmp_path)
+@pytest.fixture(params=[1, 8], ids=["one-forest", "norm-ranges"])
+def published(tmp_path, request):
+    info = _export(tmp_path, config=IndexConfig(n_trees=10, n_jobs=1, norm_ranges=request.param))
     publish(tmp_path, info.version)
     return tmp_path, info
 
 
+def _ann_file(info):
+    """The (first) .ann file of a bundle, whichever index layout it has."""
+    ix = info.manifest["index"]
+    return ix["file"] or ix["ranges"]["files"][1]
+
+
 def test_flipped_byte_in_the_index_is_refused(published):
     root, info = published
-    f = info.path / "index.ann"
+    f = info.path / _ann_file(info)
     data = bytearray(f.read_bytes())
     data[len(data) // 2] ^= 0x01
     f.write_bytes(bytes(data))
-    with pytest.raises(BundleError, match="index.ann fails its sha256 check"):
+    with pytest.raises(BundleError, match=f"{f.name} fails its sha256 check"):
         Retriever.load(root)
 
 
@@ -144,7 +152,7 @@ def test_missing_file_is_refused(published):
 
 def test_truncated_ann_is_refused(published):
     root, info = published
-    f = info.path / "index.ann"
+    f = info.path / _ann_file(info)
     with open(f, "r+b") as fh:
         fh.truncate(f.stat().st_size - 100)
     with pytest.raises(BundleError, match="truncated"):
@@ -244,7 +252,7 @@ def test_export_job_exits_3_when_the_gate_refuses(dataset_dir, tmp_path):
     from pipelines.cli import main
 
     cfg = tmp_path / "run.toml"
-    cfg.write_text("[index]\nn_trees = 1\nsearch_k = 50\nmax_search_k = 100\nn_queries = 100\n")
+    cfg.write_text("[index]\nn_trees = 1\nsearch_k = 50\nmax_search_k = 100\nn_queries = 100\nnorm_ranges = 1\n")
     rc = main(["export", "--dataset", str(dataset_dir), "--vectors", str(dataset_dir / "vectors.npz"),
                "--out", str(tmp_path / "root"), "--no-mlflow", "--config", str(cfg)])
     assert rc == 3

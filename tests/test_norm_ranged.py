@@ -34,7 +34,8 @@ def skewed():
 
 @pytest.fixture(scope="module")
 def ranged(skewed):
-    return NormRangedAnnoyIndex(n_ranges=4, min_range=2500, n_trees=10, n_jobs=1).build(skewed[0])
+    # exact_range_max=0: every range is searched in its forest (what most tests here exercise)
+    return NormRangedAnnoyIndex(n_ranges=4, min_range=2500, exact_range_max=0, n_trees=10, n_jobs=1).build(skewed[0])
 
 
 def test_ranges_grow_geometrically_from_the_longest_vectors_and_cover_every_item():
@@ -62,13 +63,28 @@ def test_norm_ranges_keep_the_recall_one_forest_loses_on_skewed_norms(ranged, sk
     assert r_ranged >= 0.95 and r_one < 0.5
 
 
+def test_scanning_the_small_long_vector_ranges_exactly_raises_recall_at_the_same_budget(ranged, skewed):
+    items, users, truth = skewed
+    scanned = NormRangedAnnoyIndex(n_ranges=4, min_range=2500, exact_range_max=10_000, n_trees=10, n_jobs=1)
+    scanned.build(items)
+    assert [v is not None for v in scanned._range_vecs] == [True, True, True, False]
+    ranged.search_k = scanned.search_k = 500
+    try:
+        forest_only, with_scans = recall_at_k(ranged, users, truth, 100), recall_at_k(scanned, users, truth, 100)
+    finally:
+        ranged.search_k = -1
+    print(f"recall@100 at search_k 500: forests only {forest_only:.3f}, ranges <= 10k scanned {with_scans:.3f}")
+    assert with_scans > forest_only + 0.1 and with_scans >= 0.9
+
+
 def test_full_budget_answers_equal_exact_search_with_filters(ranged, skewed):
     """A search_k above every range size scans each range exactly, so the only
     approximation left is the Cauchy-Schwarz cut-off, which must never drop an item."""
-    items, users, _ = skewed
+    items, users, truth = skewed
     exact = ExactIndex("dot").build(items)
     rng = np.random.default_rng(1)
-    blocked = [rng.choice(len(items), 30, replace=False) for _ in range(20)]
+    # each user's 40 best items (they fill the cut-off's first ranges) plus random ones
+    blocked = [np.concatenate([truth[u][:40], rng.choice(len(items), 30, replace=False)]) for u in range(20)]
     ranged.search_k = 10**9
     try:
         got = ranged.query(users[:20], 50, exclude=blocked)
@@ -101,6 +117,7 @@ def test_saved_ranges_load_memory_mapped_with_the_same_answers(ranged, skewed, t
     ranged.search_k = 1500
     spec = ranged.save(tmp_path)
     assert spec["files"] == [f"index-{r:02d}.ann" for r in range(4)] and (tmp_path / spec["order_file"]).is_file()
+    assert spec["exact_range_max"] == 0
     back = NormRangedAnnoyIndex.load(tmp_path, spec, items, n_trees=10, search_k=1500)
     for a, b in zip(ranged.query(users[:30], 100), back.query(users[:30], 100)):
         np.testing.assert_array_equal(a, b)
@@ -180,3 +197,21 @@ def test_cosine_models_and_norm_ranges_1_keep_one_forest(skewed, tmp_path):
                         config=IndexConfig(n_trees=5, n_jobs=1, norm_ranges=1, n_queries=50, min_recall=0.5))
     for info in (cos, one):
         assert info.manifest["index"]["file"] == "index.ann" and "ranges" not in info.manifest["index"]
+
+
+def test_export_flag_and_config_set_the_norm_ranges(tmp_path):
+    import argparse
+
+    from pipelines.export import add_arguments, index_config
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("[index]\nnorm_ranges = 4\n")
+    base = ["--dataset", "d", "--vectors", "v.npz", "--out", "o", "--config", str(cfg)]
+    assert index_config(p.parse_args(base)).norm_ranges == 4
+    assert index_config(p.parse_args([*base, "--norm-ranges", "1"])).norm_ranges == 1
+    from recsys.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="norm_ranges"):
+        IndexConfig(norm_ranges=0)

@@ -100,6 +100,9 @@ class IndexConfig:
     norm_range_min : int
         Smallest first (longest-vector) range; catalogues under twice this size get a
         single forest.
+    norm_range_exact_max : int
+        Norm ranges up to this size are scanned exactly at query time (their forests are
+        still written).
     n_jobs : int
         Build threads (-1: all cores). Only ``n_jobs=1`` gives byte-identical files for
         the same seed: with more threads Annoy's trees depend on thread scheduling
@@ -116,7 +119,8 @@ class IndexConfig:
     max_search_k: int | None = None
     metric: str = "angular"
     norm_ranges: int = 8
-    norm_range_min: int = 5_000
+    norm_range_min: int = 1_000
+    norm_range_exact_max: int = 8_192
     n_jobs: int = -1
 
     def __post_init__(self) -> None:
@@ -128,6 +132,8 @@ class IndexConfig:
             raise ConfigError(f"index.metric must be one of {METRICS}, got {self.metric!r}")
         if self.exact_max_items < 0:
             raise ConfigError("index.exact_max_items must be >= 0")
+        if self.norm_range_exact_max < 0:
+            raise ConfigError("index.norm_range_exact_max must be >= 0 (0: search every range in its forest)")
         if self.norm_ranges <= 0 or self.norm_range_min <= 0:
             raise ConfigError("index.norm_ranges and index.norm_range_min must be positive (norm_ranges = 1: one forest)")
 
@@ -158,7 +164,9 @@ class BundleInfo:
 
     def metrics(self) -> dict[str, float]:
         """Numbers for ``log_metrics`` (the gate's recall under its K)."""
+        n_forests = len(self.manifest.get("index", {}).get("ranges", {}).get("files", [None]))
         return {f"index_recall@{self.recall_k}": self.recall, "index_search_k": float(self.search_k),
+                "index_forests": float(n_forests),
                 "index_build_seconds": self.build_seconds, "index_bytes": float(self.index_bytes)}
 
 
@@ -371,7 +379,8 @@ def _new_index(cfg: IndexConfig, similarity: str, n_items: int) -> AnnoyIndex | 
     """Norm ranges for dot models whose catalogue is big enough to cut, else one forest."""
     if (similarity == "dot" and cfg.metric == "angular" and cfg.norm_ranges > 1
             and len(range_bounds(n_items, cfg.norm_ranges, cfg.norm_range_min)) > 2):
-        return NormRangedAnnoyIndex(n_ranges=cfg.norm_ranges, min_range=cfg.norm_range_min, n_trees=cfg.n_trees,
+        return NormRangedAnnoyIndex(n_ranges=cfg.norm_ranges, min_range=cfg.norm_range_min,
+                                    exact_range_max=cfg.norm_range_exact_max, n_trees=cfg.n_trees,
                                     search_k=cfg.search_k, seed=cfg.seed, search_k_ref=cfg.recall_k, n_jobs=cfg.n_jobs)
     return AnnoyIndex(similarity, n_trees=cfg.n_trees, search_k=cfg.search_k, seed=cfg.seed,
                       metric=cfg.metric, search_k_ref=cfg.recall_k, n_jobs=cfg.n_jobs)
