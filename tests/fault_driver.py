@@ -43,14 +43,15 @@ def patch(where: str, marker: Path) -> None:
         AlternatingLeastSquares.fit = fit
     elif where == "export":
         from recsys.index.annoy_index import AnnoyIndex
+        from recsys.index.norm_ranged import NormRangedAnnoyIndex
 
-        original_save = AnnoyIndex.save
+        for cls in (AnnoyIndex, NormRangedAnnoyIndex):  # one forest, or one per norm range
+            def save(self, *a, _original=cls.save, **kw):  # noqa: ANN001
+                out = _original(self, *a, **kw)
+                stall(marker)
+                return out
 
-        def save(self, path):  # noqa: ANN001
-            original_save(self, path)
-            stall(marker)
-
-        AnnoyIndex.save = save
+            cls.save = save
     else:
         raise SystemExit(f"unknown stall point {where!r}")
 

@@ -215,3 +215,21 @@ def test_export_flag_and_config_set_the_norm_ranges(tmp_path):
 
     with pytest.raises(ConfigError, match="norm_ranges"):
         IndexConfig(norm_ranges=0)
+
+
+def test_recall_counts_tied_items_as_hits_so_zero_user_vectors_do_not_fail_the_gate(ranged, skewed):
+    """A user with no interactions in the window has a zero vector: every item ties, and
+    the index's 100 are as right as the exact search's 100 (set overlap said 0.0)."""
+    items, users, truth = skewed
+    zero = np.zeros((3, items.shape[1]), np.float32)
+    exact_ids = exact_topk(items, zero, 100, "dot")
+    got = ranged.query(zero, 100)[0]
+    assert len(set(got[0]) & set(exact_ids[0])) < 100  # different, equally good items
+    assert recall_at_k(ranged, zero, exact_ids, 100) == 1.0
+    ranged.search_k = 100  # a real miss still counts as one
+    try:
+        r = recall_at_k(ranged, users, truth, 100)
+        plain = np.mean([len(set(g) & set(t)) / 100 for g, t in zip(ranged.query(users, 100)[0], truth)])
+    finally:
+        ranged.search_k = -1
+    assert r == pytest.approx(plain) and r < 1.0

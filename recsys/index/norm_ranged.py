@@ -3,7 +3,7 @@
 Why not one forest: the MIPS -> angular transform (:func:`augment_inner_product`) gives
 every item the extra coordinate ``sqrt(M^2 - |x|^2)`` with one ``M``, the largest norm.
 When norms are skewed, as in matrix factorisation where popular items get long vectors
-(MovieLens ALS: the longest item vector is 8x the median), most items get an extra
+(MovieLens ALS: median norm 0.08, max 0.6), most items get an extra
 coordinate close to ``M`` and crowd the pole of the sphere; random-hyperplane splits
 barely separate them and recall collapses. Measured on 100k MF-like vectors (covariance
 and norms taken from real ALS factors), 50 trees, recall@100 0.12 at ``search_k``

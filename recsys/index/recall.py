@@ -36,13 +36,27 @@ def exact_topk(item_vectors: np.ndarray, queries: np.ndarray, k: int, similarity
 
 
 def recall_at_k(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, k: int) -> float:
-    """Mean ``|index top-k ∩ truth top-k| / k'`` over queries, ``k' = min(k, n_items)``."""
+    """Mean share of the exact top-k that the index returns, ties counted as hits.
+
+    A returned item counts when its exact score reaches the k-th best exact score of
+    its query, so among tied items any choice is right: a user whose vector is zero (no
+    interactions left in the training window) ties every item, and set overlap with one
+    arbitrary exact order would call a correct answer wrong. Without ties this is the
+    plain ``|index top-k ∩ truth top-k| / k'``, ``k' = min(k, n_items)``.
+    """
     k = check_k(k)
     if len(queries) == 0:
         raise InputError("recall needs at least one query vector")
     got = index.query(queries, k)[0]
     kk = min(k, index.n_items)
-    hits = [len(np.intersect1d(g[g >= 0], t[t >= 0][:kk], assume_unique=True)) for g, t in zip(got, truth)]
+    q, _ = index._prepare_queries(queries)
+    hits = []
+    for g, t, qv in zip(got, truth, q):
+        t = t[t >= 0][:kk]
+        g = g[g >= 0]
+        kth = float(np.min(index.vectors_[t] @ qv)) if len(t) else np.inf
+        scores = index.vectors_[g] @ qv
+        hits.append(min(kk, int(np.sum(scores >= kth - 1e-6 * max(abs(kth), 1e-12)))))
     return float(np.mean(hits) / kk)
 
 

@@ -59,10 +59,12 @@ from recsys.serving.versions import list_bundles, previous, prune, publish, reso
 log = logging.getLogger(__name__)
 
 #: catalogue size up to which the Retriever scans exactly instead of asking Annoy;
-#: measured by benchmarks/bench_retrieval.py (docs/retrieval.md): at k=100 and recall
-#: >= 0.95 a single exact query (64 dims, one BLAS thread) costs 0.6 ms CPU at 10k items
-#: vs 2.1 ms for Annoy, and 2.9 ms vs 4.9 ms at 100k; Annoy wins only beyond that.
-DEFAULT_EXACT_MAX_ITEMS = 100_000
+#: measured by benchmarks/bench_retrieval.py with norm-ranged forests (docs/retrieval.md):
+#: single queries at k=100, recall >= 0.95, 64 dims, one BLAS thread, CPU p50 exact vs
+#: Annoy: 25k items 0.54 vs 0.66 ms (clusters) and 0.65 vs 0.66 (MF-like); 50k 1.29 vs
+#: 1.36 and 1.09 vs 0.89; 100k 2.46 vs 1.29 and 1.71 vs 0.80. Up to 50k exact costs
+#: about the same, batches faster, and misses nothing.
+DEFAULT_EXACT_MAX_ITEMS = 50_000
 FOLDIN_METHODS = ("mean", "als")
 ITEM_SOURCES = ("cf", "blend", "content")
 
