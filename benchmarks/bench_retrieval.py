@@ -16,7 +16,9 @@ Two kinds (``--catalogues``): ``clusters`` (:func:`synthetic`: 4*sqrt(n) isotrop
 cluster centres, mildly skewed norms; the harder one for trees) and ``mf``
 (:func:`mf_like`: covariance and norm distribution taken from real ALS factors of the
 embedded MovieLens, i.e. low effective rank and very skewed norms). Dot-product bundles
-are norm-ranged by default (``--norm-ranges 1``: one forest, for comparison). ``--compare-dot`` also measures Annoy's own ``dot`` metric at the
+are norm-ranged by default (``--norm-ranges 1``: one forest, for comparison);
+``--similarity cosine`` exports the catalogues as a cosine model (one angular forest over
+unit vectors, as for the two-tower). ``--compare-dot`` also measures Annoy's own ``dot`` metric at the
 same ``search_k``. Results go to ``benchmarks/results/retrieval.json``.
 
     .venv/bin/python benchmarks/bench_retrieval.py --quick
@@ -134,13 +136,13 @@ def throughput(fn, users: list[str], repeats: int = 3) -> float:
 
 def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matrix, workdir: Path,
               cfg: IndexConfig, n_lat: int, compare_dot: bool, foldin: dict | None = None,
-              sweep: bool = False, repeats: int = 1) -> dict:
+              sweep: bool = False, repeats: int = 1, similarity: str = "dot") -> dict:
     n_items = len(items)
     item_ids = [f"i{i}" for i in range(n_items)]
     user_ids = [f"u{u}" for u in range(len(users))]
     t0 = time.perf_counter()
     info = export_bundle(workdir / name, item_vectors=items, item_ids=item_ids, user_vectors=users, user_ids=user_ids,
-                         seen=seen, similarity="dot", config=cfg, foldin=foldin)
+                         seen=seen, similarity=similarity, config=cfg, foldin=foldin)
     export_s = time.perf_counter() - t0
     ann = Retriever.load(info.path, backend="annoy")
     ex = Retriever.load(info.path, backend="exact")
@@ -157,7 +159,7 @@ def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matr
     e_ids, _ = ex.recommend(batch_users[:300], k=100)
     served_recall = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(a_ids, e_ids)]))
     row = {
-        "name": name, "n_items": n_items, "dim": items.shape[1], "n_trees": cfg.n_trees,
+        "name": name, "n_items": n_items, "dim": items.shape[1], "n_trees": cfg.n_trees, "similarity": similarity,
         "ranges": len(info.manifest["index"].get("ranges", {}).get("files", [None])),
         "search_k": info.search_k, "gate_recall@100": info.recall, "served_recall@100": served_recall,
         "build_s": info.build_seconds, "export_s": export_s, "index_mb": info.index_bytes / 2**20,
@@ -237,6 +239,8 @@ def main() -> None:
                    help="passes over the latency users; p50/p99 are medians over the passes")
     p.add_argument("--compare-dot", action="store_true", help="also measure Annoy's 'dot' metric")
     p.add_argument("--no-movielens", action="store_true")
+    p.add_argument("--similarity", choices=["dot", "cosine"], default="dot",
+                   help="model similarity of the synthetic catalogues (cosine: one angular forest, as for two-tower)")
     p.add_argument("--sweep", action="store_true", help="recall/latency at 1/8..1x the gate's search_k")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "retrieval.json"))
     a = p.parse_args()
@@ -254,8 +258,9 @@ def main() -> None:
         for kind in a.catalogues:
             for n in sizes:
                 items, users = CATALOGUES[kind](n, a.users, seed=n)
-                rows.append(bench_one(f"{kind}-{n // 1000}k", items, users, random_seen(a.users, n), work, cfg,
-                                      a.latency_queries, a.compare_dot, sweep=a.sweep, repeats=a.latency_repeats))
+                rows.append(bench_one(f"{kind}-{n // 1000}k" + ("-cosine" if a.similarity == "cosine" else ""), items,
+                                      users, random_seen(a.users, n), work, cfg, a.latency_queries, a.compare_dot,
+                                      sweep=a.sweep, repeats=a.latency_repeats, similarity=a.similarity))
                 del items, users
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -260,3 +260,22 @@ def test_export_job_exits_3_when_the_gate_refuses(dataset_dir, tmp_path):
     cfg.write_text("[index]\nn_tress = 1\n")
     assert main(["export", "--dataset", str(dataset_dir), "--vectors", str(dataset_dir / "vectors.npz"),
                  "--out", str(tmp_path / "root"), "--no-mlflow", "--config", str(cfg)]) == 2
+
+
+def test_export_times_annoy_against_exact_and_auto_serves_the_faster(tmp_path):
+    import dataclasses
+
+    from recsys.serving.reader import read_bundle
+
+    info = _export(tmp_path, config=IndexConfig(n_trees=10, n_jobs=1, exact_max_items=100))
+    p50 = info.manifest["quality_gate"]["p50_ms"]
+    assert p50["queries"] == 100 and p50["annoy"] > 0 and p50["exact"] > 0
+    data = read_bundle(info.path)
+    for annoy_ms, exact_ms, want in ((5.0, 1.0, "exact"), (1.0, 5.0, "annoy")):
+        gate = {**data.manifest["quality_gate"], "p50_ms": {"annoy": annoy_ms, "exact": exact_ms, "queries": 100}}
+        r = Retriever(dataclasses.replace(data, manifest={**data.manifest, "quality_gate": gate}))
+        assert r.backend == want
+        assert Retriever(dataclasses.replace(data, manifest={**data.manifest, "quality_gate": gate}),
+                         backend="annoy").backend == "annoy"  # an explicit backend always wins
+    small = _export(tmp_path / "small")  # served exactly by size: nothing to time
+    assert "p50_ms" not in small.manifest["quality_gate"]

@@ -9,6 +9,7 @@ measurement repeated, up to a cap; the gate fails only when even the cap is not 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +59,20 @@ def recall_at_k(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, k: i
         scores = index.vectors_[g] @ qv
         hits.append(min(kk, int(np.sum(scores >= kth - 1e-6 * max(abs(kth), 1e-12)))))
     return float(np.mean(hits) / kk)
+
+
+def median_query_ms(index: VectorIndex, queries: np.ndarray, k: int) -> float:
+    """Median wall time in ms of single-vector ``index.query(q, k)`` calls over ``queries``.
+
+    What a service pays per request; used at export to compare the tuned Annoy index with
+    an exact scan of the same catalogue (the faster one serves, see ``Retriever``).
+    """
+    times = []
+    for q in queries:
+        t0 = time.perf_counter()
+        index.query(q, k)
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
 
 
 @dataclass

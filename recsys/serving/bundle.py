@@ -49,7 +49,8 @@ from recsys.errors import ConfigError, InputError, QualityGateError
 from recsys.index.annoy_index import METRICS, AnnoyIndex
 from recsys.index.base import check_similarity, check_vectors
 from recsys.index.norm_ranged import NormRangedAnnoyIndex, range_bounds
-from recsys.index.recall import exact_topk, sample_queries, tune_search_k
+from recsys.index.exact import ExactIndex
+from recsys.index.recall import exact_topk, median_query_ms, sample_queries, tune_search_k
 from recsys.io import sha256_file, write_json
 # the bundle API in one place: reading lives in reader, publish/rollback in versions
 from recsys.serving.reader import (  # noqa: F401
@@ -330,6 +331,10 @@ def export_bundle(
                 f"index recall@{cfg.recall_k} = {tune.recall:.4f} < {cfg.min_recall} even at search_k = {tune.search_k}; "
                 "not published (raise index.n_trees or index.max_search_k, or check the vectors)"
             )
+        if n_items > cfg.exact_max_items:  # served by Annoy unless an exact scan is measured faster
+            lat_q, exact = gate_q[:100], ExactIndex(similarity).build(items)
+            gate["p50_ms"] = {"annoy": median_query_ms(index, lat_q, cfg.recall_k),
+                              "exact": median_query_ms(exact, lat_q, cfg.recall_k), "queries": len(lat_q)}
         if isinstance(index, NormRangedAnnoyIndex):
             index_entry: dict[str, Any] = {"file": None, "ranges": index.save(tmp)}
             index_files = [*index_entry["ranges"]["files"], index_entry["ranges"]["order_file"]]

@@ -77,7 +77,14 @@ class Retriever:
         self.similarity: str = m["similarity"]
         self.n_items, self.dim = int(m["n_items"]), int(m["dim"])
         limit = int(m.get("exact_max_items", 0) if exact_max_items is None else exact_max_items)
-        self.backend = backend if backend != "auto" else ("exact" if self.n_items <= limit else "annoy")
+        # auto: exact for small catalogues, and for any catalogue whose export measured the
+        # exact scan faster than the tuned Annoy index (a hard catalogue can need a
+        # search_k so high that Annoy loses: docs/retrieval.md, cosine benchmark)
+        p50 = m.get("quality_gate", {}).get("p50_ms", {})
+        exact_faster = bool(p50) and p50["exact"] < p50["annoy"]
+        self.backend = backend if backend != "auto" else ("exact" if self.n_items <= limit or exact_faster else "annoy")
+        if backend == "auto" and exact_faster and self.n_items > limit:
+            log.info("exact backend: at export an exact query took %.2f ms, Annoy %.2f ms", p50["exact"], p50["annoy"])
         items = np.asarray(data.item_vectors)
         self._items = normalize_rows(items) if self.similarity == "cosine" else items
         self._exact = ExactIndex.from_prepared(self._items, self.similarity)
