@@ -160,7 +160,7 @@ def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matr
     served_recall = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(a_ids, e_ids)]))
     row = {
         "name": name, "n_items": n_items, "dim": items.shape[1], "n_trees": cfg.n_trees, "similarity": similarity,
-        "ranges": len(info.manifest["index"].get("ranges", {}).get("files", [None])),
+        "ranges": int(info.metrics()["index_forests"]),
         "search_k": info.search_k, "gate_recall@100": info.recall, "served_recall@100": served_recall,
         "build_s": info.build_seconds, "export_s": export_s, "index_mb": info.index_bytes / 2**20,
         "annoy_p50_ms": a50, "annoy_p99_ms": a99, "exact_p50_ms": e50, "exact_p99_ms": e99,

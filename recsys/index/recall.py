@@ -48,16 +48,14 @@ def recall_at_k(index: VectorIndex, queries: np.ndarray, truth: np.ndarray, k: i
     k = check_k(k)
     if len(queries) == 0:
         raise InputError("recall needs at least one query vector")
-    got = index.query(queries, k)[0]
+    got, got_scores = index.query(queries, k)  # scores are exact model similarities
     kk = min(k, index.n_items)
     q, _ = index._prepare_queries(queries)
     hits = []
-    for g, t, qv in zip(got, truth, q):
+    for g, scores, t, qv in zip(got, got_scores, truth, q):
         t = t[t >= 0][:kk]
-        g = g[g >= 0]
         kth = float(np.min(index.vectors_[t] @ qv)) if len(t) else np.inf
-        scores = index.vectors_[g] @ qv
-        hits.append(min(kk, int(np.sum(scores >= kth - 1e-6 * max(abs(kth), 1e-12)))))
+        hits.append(min(kk, int(np.sum(scores[g >= 0] >= kth - 1e-6 * max(abs(kth), 1e-12)))))
     return float(np.mean(hits) / kk)
 
 

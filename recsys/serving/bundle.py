@@ -48,13 +48,13 @@ from recsys.data.idmap import IdMap
 from recsys.errors import ConfigError, InputError, QualityGateError
 from recsys.index.annoy_index import METRICS, AnnoyIndex
 from recsys.index.base import check_similarity, check_vectors
-from recsys.index.norm_ranged import NormRangedAnnoyIndex, range_bounds
 from recsys.index.exact import ExactIndex
+from recsys.index.norm_ranged import NormRangedAnnoyIndex, range_bounds
 from recsys.index.recall import exact_topk, median_query_ms, sample_queries, tune_search_k
 from recsys.io import sha256_file, write_json
 # the bundle API in one place: reading lives in reader, publish/rollback in versions
 from recsys.serving.reader import (  # noqa: F401
-    BUNDLE_KIND, MANIFEST, SCHEMA_VERSION, BundleData, load_index, read_bundle, verify_bundle)
+    BUNDLE_KIND, MANIFEST, SCHEMA_VERSION, BundleData, index_files, load_index, read_bundle, verify_bundle)
 from recsys.serving.versions import list_bundles, previous, prune, publish, resolve_bundle, rollback  # noqa: F401
 
 log = logging.getLogger(__name__)
@@ -332,15 +332,14 @@ def export_bundle(
                 "not published (raise index.n_trees or index.max_search_k, or check the vectors)"
             )
         if n_items > cfg.exact_max_items:  # served by Annoy unless an exact scan is measured faster
-            lat_q, exact = gate_q[:100], ExactIndex(similarity).build(items)
+            lat_q, exact = gate_q[:100], ExactIndex.from_prepared(index.vectors_, similarity)
             gate["p50_ms"] = {"annoy": median_query_ms(index, lat_q, cfg.recall_k),
                               "exact": median_query_ms(exact, lat_q, cfg.recall_k), "queries": len(lat_q)}
         if isinstance(index, NormRangedAnnoyIndex):
             index_entry: dict[str, Any] = {"file": None, "ranges": index.save(tmp)}
-            index_files = [*index_entry["ranges"]["files"], index_entry["ranges"]["order_file"]]
         else:
             index.save(tmp / "index.ann")
-            index_entry, index_files = {"file": "index.ann"}, ["index.ann"]
+            index_entry = {"file": "index.ann"}
         index.unload()
         np.save(tmp / "item_vectors.npy", items, allow_pickle=False)
         _write_ids(tmp / "items.parquet", item_map, popularity=pop, source=source)
@@ -379,7 +378,7 @@ def export_bundle(
     log.info("bundle %s: %d items, recall@%d %.4f at search_k %d", version, n_items, cfg.recall_k, tune.recall, tune.search_k)
     return BundleInfo(path=final, version=version, recall=tune.recall, search_k=tune.search_k, recall_k=cfg.recall_k,
                       n_items=n_items, n_users=manifest["n_users"], build_seconds=build_s,
-                      index_bytes=sum(files[f]["bytes"] for f in index_files), manifest=manifest)
+                      index_bytes=sum(files[f]["bytes"] for f in index_files(manifest)), manifest=manifest)
 
 
 def _new_index(cfg: IndexConfig, similarity: str, n_items: int) -> AnnoyIndex | NormRangedAnnoyIndex:
