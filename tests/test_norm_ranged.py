@@ -67,7 +67,7 @@ def test_scanning_the_small_long_vector_ranges_exactly_raises_recall_at_the_same
     items, users, truth = skewed
     scanned = NormRangedAnnoyIndex(n_ranges=4, min_range=2500, exact_range_max=10_000, n_trees=10, n_jobs=1)
     scanned.build(items)
-    assert [v is not None for v in scanned._range_vecs] == [True, True, True, False]
+    assert scanned.scanned_ranges() == [True, True, True, False]
     ranged.search_k = scanned.search_k = 500
     try:
         forest_only, with_scans = recall_at_k(ranged, users, truth, 100), recall_at_k(scanned, users, truth, 100)

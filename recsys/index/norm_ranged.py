@@ -19,7 +19,12 @@ as Cauchy-Schwarz proves that no item of the remaining ranges can enter its top 
 at all. A range whose (over-fetch scaled) ``search_k`` reaches its size is scanned
 exactly, and so is every range of at most ``exact_range_max`` items (a BLAS scan of the
 few thousand longest vectors is cheaper than a forest search and misses nothing).
-Candidates are re-scored exactly, as in :class:`AnnoyIndex`.
+A forest's candidates are ranked by the inner product their Annoy angle implies (every
+item of a range has the augmented norm ``M``), and only the final top k are re-scored
+exactly, so the returned scores are the model's.
+
+How hard each forest is searched is set per range (``range_search_k``, tuned by the
+recall gate), and seen items that cannot reach the top k do not enlarge the search.
 
 Files: one ``.ann`` per range plus the norm order (``norm_order.npy``, item indices by
 descending norm); :meth:`NormRangedAnnoyIndex.save` writes them and returns the manifest
@@ -81,6 +86,13 @@ class NormRangedAnnoyIndex(VectorIndex):
     n_trees, search_k, seed, search_k_ref, exact_subset_max, n_jobs :
         As for :class:`~recsys.index.annoy_index.AnnoyIndex`; ``search_k`` applies to
         each range, range ``r`` is seeded with ``seed + r``.
+    range_search_k : sequence of int, optional
+        One ``search_k`` per range, overriding ``search_k``. The ranges hold very
+        different shares of a typical top-k (measured at 1M clustered items: 29% in the
+        125k range, none in the 500k range of the shortest vectors), so one budget for
+        all wastes most of it; the recall gate
+        (:func:`~recsys.index.recall.tune_range_search_k`) sets it from each range's
+        measured recall curve.
     """
 
     kind = "annoy-norm-ranged"
@@ -98,6 +110,7 @@ class NormRangedAnnoyIndex(VectorIndex):
         search_k_ref: int = 100,
         exact_subset_max: int = 20_000,
         n_jobs: int = -1,
+        range_search_k: Sequence[int] | None = None,
     ) -> None:
         super().__init__("dot")
         if int(n_ranges) <= 0 or int(min_range) <= 0 or int(n_trees) <= 0:
@@ -111,6 +124,7 @@ class NormRangedAnnoyIndex(VectorIndex):
         self.search_k_ref = check_k(search_k_ref)
         self.exact_subset_max = int(exact_subset_max)
         self.n_jobs = int(n_jobs)
+        self.range_search_k = None if range_search_k is None else [int(v) for v in range_search_k]
 
     @property
     def annoy_dim(self) -> int:
@@ -138,9 +152,38 @@ class NormRangedAnnoyIndex(VectorIndex):
         self.max_norms_ = [float(m) for m in max_norms]
         self._forests = forests
         self._range_ids = [self.order_[a:b] for a, b in zip(self.bounds_[:-1], self.bounds_[1:])]
-        # contiguous copies of the ranges scanned exactly (None: searched in the forest)
-        self._range_vecs = [np.ascontiguousarray(self.vectors_[ids]) if len(ids) <= self.exact_range_max else None
-                            for ids in self._range_ids]
+        self._pos = np.empty(len(self.order_), np.int64)  # item -> its place in the norm order
+        self._pos[self.order_] = np.arange(len(self.order_))
+        # What a query visits, longest vectors first: (range, item ids, forest, contiguous
+        # copy to scan or None, max norm). Adjacent scanned ranges are merged into one
+        # segment: one BLAS call and one partition instead of one per range.
+        segments: list[tuple[int, np.ndarray, annoy.AnnoyIndex | None, np.ndarray | None, float]] = []
+        for r, ids in enumerate(self._range_ids):
+            if len(ids) > self.exact_range_max:
+                segments.append((r, ids, forests[r], None, self.max_norms_[r]))
+            elif segments and segments[-1][3] is not None:
+                r0, ids0, _, _, m0 = segments[-1]
+                merged = np.concatenate([ids0, ids])
+                segments[-1] = (r0, merged, None, np.ascontiguousarray(self.vectors_[merged]), m0)
+            else:
+                segments.append((r, ids, None, np.ascontiguousarray(self.vectors_[ids]), self.max_norms_[r]))
+        self._segments = segments
+
+    @property
+    def n_ranges_(self) -> int:
+        """Number of norm ranges actually built (fewer than ``n_ranges`` for small catalogues)."""
+        return len(self._range_ids)
+
+    def scanned_ranges(self) -> list[bool]:
+        """Which ranges are scanned exactly at query time (their forests are not searched)."""
+        return [len(ids) <= self.exact_range_max for ids in self._range_ids]
+
+    def _budgets(self) -> list[int]:
+        if self.range_search_k is None:
+            return [self.search_k] * self.n_ranges_
+        if len(self.range_search_k) != self.n_ranges_:
+            raise InputError(f"range_search_k has {len(self.range_search_k)} values for {self.n_ranges_} ranges")
+        return self.range_search_k
 
     def save(self, directory: str | os.PathLike, prefix: str = "index") -> dict[str, Any]:
         """Write ``<prefix>-NN.ann`` per range and :data:`ORDER_FILE`; return the manifest entry."""
@@ -153,8 +196,11 @@ class NormRangedAnnoyIndex(VectorIndex):
                 raise OSError(f"annoy could not save range {r} to {directory / name}")
             files.append(name)
         np.save(directory / ORDER_FILE, self.order_, allow_pickle=False)
-        return {"order_file": ORDER_FILE, "bounds": self.bounds_, "max_norms": self.max_norms_, "files": files,
-                "exact_range_max": self.exact_range_max}
+        spec: dict[str, Any] = {"order_file": ORDER_FILE, "bounds": self.bounds_, "max_norms": self.max_norms_,
+                                "files": files, "exact_range_max": self.exact_range_max}
+        if self.range_search_k is not None:
+            spec["search_k"] = list(self._budgets())
+        return spec
 
     def unload(self) -> None:
         """Release every range's forest."""
@@ -179,8 +225,11 @@ class NormRangedAnnoyIndex(VectorIndex):
         bounds, files = list(spec["bounds"]), list(spec["files"])
         if len(files) != len(bounds) - 1 or bounds[0] != 0 or bounds[-1] != len(v) or len(spec["max_norms"]) != len(files):
             raise BundleError(f"{directory}: norm ranges {bounds} do not fit {len(v)} item vectors and {len(files)} files")
+        budgets = spec.get("search_k")
+        if budgets is not None and (len(budgets) != len(files) or any(int(b) <= 0 for b in budgets)):
+            raise BundleError(f"{directory}: per-range search_k {budgets} does not fit {len(files)} ranges")
         idx = cls(n_ranges=len(files), n_trees=n_trees, search_k=search_k, seed=seed, search_k_ref=search_k_ref,
-                  exact_range_max=int(spec.get("exact_range_max", 0)))
+                  exact_range_max=int(spec.get("exact_range_max", 0)), range_search_k=budgets)
         idx.vectors_ = v
         try:
             order = np.load(directory / spec["order_file"], allow_pickle=False)
@@ -230,43 +279,114 @@ class NormRangedAnnoyIndex(VectorIndex):
                     n_fetch: int) -> tuple[np.ndarray, np.ndarray] | None:
         q_norm = float(np.linalg.norm(q))
         aq = [*q.tolist(), 0.0]
-        sk = scaled_search_k(self.search_k, n_fetch, self.search_k_ref)
-        # Blocked items are removed once at the end, not per range (np.isin over a scanned
-        # range cost more than the search). Until then every range keeps its best
-        # m = k + len(blocked), and the cut-off compares with the m-th best score so far:
-        # at most len(blocked) of those can be blocked, so it never exceeds the k-th
-        # best valid score and stays a sound bound.
-        m = k + len(blocked)
+        budgets = self._budgets()
+        # Blocked items are dropped from each segment as it is searched. Only those that
+        # score at least the k-th best valid score found so far can push a true item out
+        # of a range's answer, so each forest is asked for k + (that many) candidates,
+        # over-fetched by the caller's factor, with search_k scaled to match: seen items
+        # far down the ranking (most of a long history) cost nothing, while a user whose
+        # seen items fill the top still gets the full over-fetch.
+        over = max(1.0, n_fetch / (k + len(blocked)))
+        n_hot = len(blocked)
+        if n_hot:
+            b_sorted = np.sort(blocked)
+            b_scores = self.vectors_[b_sorted] @ q
+            b_pos = self._pos[b_sorted]
         cand: list[np.ndarray] = []
         scores: list[np.ndarray] = []
-        n_kept, bound = 0, -np.inf
-        for rng_ids, ann, vecs, max_norm in zip(self._range_ids, self._forests, self._range_vecs, self.max_norms_):
-            if n_kept >= m and max_norm * q_norm * (1 + _BOUND_SLACK) < bound:
-                break  # no item of this or any later (shorter) range can reach the top k
-            if vecs is not None or (0 < sk and sk >= len(rng_ids)):  # scan: small range, or Annoy would see it all
+        n_kept, best, kth = 0, -np.inf, -np.inf
+        for r, rng_ids, ann, vecs, max_norm in self._segments:
+            reach = max_norm * q_norm * (1 + _BOUND_SLACK)  # no item here or later scores more
+            if n_kept >= k and reach < best:  # the k-th best is at most the best: compare only then
+                if kth == -np.inf:
+                    kth = float(np.partition(np.concatenate(scores), -k)[-k])
+                if reach < kth:
+                    break  # no item of this or any later (shorter) range can reach the top k
+            n_r = min(len(rng_ids), int(math.ceil((k + n_hot) * over)))
+            sk = scaled_search_k(budgets[r], n_r, self.search_k_ref)
+            scan = vecs is not None or (0 < sk and sk >= len(rng_ids))  # small range, or Annoy would see it all
+            if scan:
                 g, s = rng_ids, (vecs if vecs is not None else self.vectors_[rng_ids]) @ q
-            else:
-                g = rng_ids[np.asarray(ann.get_nns_by_vector(aq, min(n_fetch, len(rng_ids)), search_k=sk), np.int64)]
-                s = self.vectors_[g] @ q
+                if n_hot:
+                    start = int(self._pos[rng_ids[0]])
+                    inside = (b_pos >= start) & (b_pos < start + len(rng_ids))
+                    s[b_pos[inside] - start] = -np.inf
+            else:  # score from Annoy's angle: |x_aug| = max_norm for every item of the range
+                got, dist = ann.get_nns_by_vector(aq, n_r, search_k=sk, include_distances=True)
+                g = rng_ids[np.asarray(got, np.int64)]
+                d = np.asarray(dist, np.float64)
+                s = (1.0 - 0.5 * d * d) * (max_norm * q_norm)
+                if n_hot:  # sorted lookup: np.isin costs more on these short arrays
+                    keep = b_sorted[np.minimum(np.searchsorted(b_sorted, g), len(b_sorted) - 1)] != g
+                    g, s = g[keep], s[keep]
             if allowed_mask is not None:
                 keep = allowed_mask[g]
                 g, s = g[keep], s[keep]
-            if len(s) > m:  # only a range's own best m can matter
-                top = np.argpartition(s, len(s) - m)[len(s) - m:]
+            if len(s) > k:  # only a range's own best k can matter
+                top = np.argpartition(s, len(s) - k)[len(s) - k:]
                 g, s = g[top], s[top]
+            if scan and n_hot:
+                g, s = g[s > -np.inf], s[s > -np.inf]
+            if len(s):
+                best = max(best, float(s.max()))
             cand.append(g)
             scores.append(s)
             n_kept += len(g)
-            if n_kept >= m:
-                bound = float(np.partition(np.concatenate(scores), -m)[-m]) if len(cand) > 1 else float(s.min())
+            kth = -np.inf
+            if n_hot and n_kept >= k:
+                kth = float(np.partition(np.concatenate(scores), -k)[-k])
+                n_hot = int(np.count_nonzero(b_scores >= kth))
         g, s = np.concatenate(cand), np.concatenate(scores)
-        if blocked.size:
-            keep = ~np.isin(g, blocked)
-            g, s = g[keep], s[keep]
         if len(g) < k:
             return None
-        order = np.argsort(-s, kind="stable")[:k]
+        if len(g) > k:  # the best k by Annoy's float32 angles, then re-scored exactly and sorted
+            top = np.argpartition(s, len(s) - k)[len(s) - k:]
+            g = g[top]
+        s = self.vectors_[g] @ q
+        order = np.argsort(-s, kind="stable")
         return g[order], s[order].astype(np.float32)
+
+    def range_hits(self, queries: np.ndarray, truth: np.ndarray, budgets: Sequence[int]) -> np.ndarray:
+        """How many of the exact top-k items each range's forest finds, per ``search_k``.
+
+        ``hits[r, j]`` counts, over all ``queries``, the items of ``truth`` (exact top-k
+        ids per query) that lie in range ``r`` and that its forest returns at
+        ``search_k = budgets[j]`` when asked for ``k`` items. A true top-k item that any
+        range returns is always in the merged top-k, so the recall of a per-range budget
+        is the sum of these counts (plus the scanned ranges' share) over the total: the
+        tuner can price every allocation from one pass per range and budget. Scanned
+        ranges count all their truth items at every budget; the last column of
+        ``totals`` is per range how many truth items it holds.
+        """
+        self._check_built()
+        q, _ = self._prepare_queries(queries)
+        truth = np.asarray(truth, dtype=np.int64)
+        k = truth.shape[1]
+        range_of = np.searchsorted(self.bounds_, self._pos, side="right") - 1
+        valid = truth >= 0
+        hits = np.zeros((self.n_ranges_, len(budgets)), np.int64)
+        scanned = self.scanned_ranges()
+        for r, (ids, ann) in enumerate(zip(self._range_ids, self._forests)):
+            in_r = valid & (range_of[np.where(valid, truth, 0)] == r)
+            n_truth = int(in_r.sum())
+            if scanned[r] or n_truth == 0:
+                hits[r] = n_truth
+                continue
+            for j, sk in enumerate(budgets):
+                if sk >= len(ids):  # the search would scan the range
+                    hits[r, j:] = n_truth
+                    break
+                found = 0
+                for qv, t, mask in zip(q, truth, in_r):
+                    if mask.any():
+                        got = ids[np.asarray(ann.get_nns_by_vector([*qv.tolist(), 0.0], min(k, len(ids)), search_k=int(sk)),
+                                             np.int64)]
+                        found += int(np.isin(t[mask], got).sum())
+                hits[r, j] = found
+                if found == n_truth:
+                    hits[r, j:] = n_truth
+                    break
+        return hits
 
     def _exact(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None,
                allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:

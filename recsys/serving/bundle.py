@@ -50,7 +50,7 @@ from recsys.index.annoy_index import METRICS, AnnoyIndex
 from recsys.index.base import check_similarity, check_vectors
 from recsys.index.exact import ExactIndex
 from recsys.index.norm_ranged import NormRangedAnnoyIndex, range_bounds
-from recsys.index.recall import exact_topk, median_query_ms, sample_queries, tune_search_k
+from recsys.index.recall import exact_topk, median_query_ms, sample_queries, tune_range_search_k, tune_search_k
 from recsys.io import sha256_file, write_json
 # the bundle API in one place: reading lives in reader, publish/rollback in versions
 from recsys.serving.reader import (  # noqa: F401
@@ -331,6 +331,11 @@ def export_bundle(
                 f"index recall@{cfg.recall_k} = {tune.recall:.4f} < {cfg.min_recall} even at search_k = {tune.search_k}; "
                 "not published (raise index.n_trees or index.max_search_k, or check the vectors)"
             )
+        if isinstance(index, NormRangedAnnoyIndex):  # one budget per range, priced by its recall curve
+            per_range = tune_range_search_k(index, gate_q, truth, k=cfg.recall_k, threshold=cfg.min_recall)
+            if per_range.passed:
+                gate.update(recall=per_range.recall, range_search_k=per_range.range_search_k,
+                            range_search_k_tried=[list(h) for h in per_range.history])
         if n_items > cfg.exact_max_items:  # served by Annoy unless an exact scan is measured faster
             lat_q, exact = gate_q[:100], ExactIndex.from_prepared(index.vectors_, similarity)
             gate["p50_ms"] = {"annoy": median_query_ms(index, lat_q, cfg.recall_k),
@@ -375,8 +380,8 @@ def export_bundle(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info("bundle %s: %d items, recall@%d %.4f at search_k %d", version, n_items, cfg.recall_k, tune.recall, tune.search_k)
-    return BundleInfo(path=final, version=version, recall=tune.recall, search_k=tune.search_k, recall_k=cfg.recall_k,
+    log.info("bundle %s: %d items, recall@%d %.4f", version, n_items, cfg.recall_k, gate["recall"])
+    return BundleInfo(path=final, version=version, recall=gate["recall"], search_k=tune.search_k, recall_k=cfg.recall_k,
                       n_items=n_items, n_users=manifest["n_users"], build_seconds=build_s,
                       index_bytes=sum(files[f]["bytes"] for f in index_files(manifest)), manifest=manifest)
 

@@ -249,7 +249,8 @@ class Retriever:
                     b.append(hist[r])
             else:
                 vectors.append(None)
-            blocked.append(np.unique(np.concatenate(b)) if len(b) > 1 else common)
+            parts = [x for x in b if x.size]  # one list (the usual: seen items only) needs no merge
+            blocked.append(parts[0] if len(parts) == 1 else np.unique(np.concatenate(parts)) if parts else common)
         n_unknown = int((uidx < 0).sum())
         if n_unknown:
             log.debug("%d of %d users unknown to bundle %s: fallback used", n_unknown, len(users), self.version)
