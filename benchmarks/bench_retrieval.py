@@ -161,26 +161,32 @@ def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matr
     row = {
         "name": name, "n_items": n_items, "dim": items.shape[1], "n_trees": cfg.n_trees, "similarity": similarity,
         "ranges": int(info.metrics()["index_forests"]),
-        "search_k": info.search_k, "gate_recall@100": info.recall, "served_recall@100": served_recall,
+        "search_k": info.search_k,
+        "range_search_k": "/".join(map(str, info.manifest["index"].get("ranges", {}).get("search_k") or [])) or "-",
+        "gate_recall@100": info.recall, "served_recall@100": served_recall,
         "build_s": info.build_seconds, "export_s": export_s, "index_mb": info.index_bytes / 2**20,
         "annoy_p50_ms": a50, "annoy_p99_ms": a99, "exact_p50_ms": e50, "exact_p99_ms": e99,
         "annoy_cpu_p50_ms": ac50, "annoy_cpu_p99_ms": ac99, "exact_cpu_p50_ms": ec50, "exact_cpu_p99_ms": ec99,
         "annoy_batch_qps": a_qps, "exact_batch_qps": e_qps, "latency_repeats": repeats,
     }
     if sweep:  # the recall / latency trade-off around the gate's choice
-        base = ann._index.search_k
+        base, base_ranges = ann._index.search_k, getattr(ann._index, "range_search_k", None)
         truth = ex.recommend(batch_users[:200], k=100)[0]
         curve = []
         for f in (0.125, 0.25, 0.5, 1.0):
             ann._index.search_k = max(100, int(base * f))
+            if base_ranges is not None:  # per-range budgets: scale each
+                ann._index.range_search_k = [max(100, int(b * f)) for b in base_ranges]
             got = ann.recommend(batch_users[:200], k=100)[0]
             rec = float(np.mean([len(set(a) & set(e)) / 100 for a, e in zip(got, truth)]))
             w50, w99, c50, c99 = latency(lambda u: ann.recommend(u, k=100), lat_users[:300])
-            curve.append({"search_k": ann._index.search_k, "served_recall@100": rec, "p50_ms": w50, "p99_ms": w99,
+            curve.append({"search_k": ann._index.search_k, "range_search_k": getattr(ann._index, "range_search_k", None), "served_recall@100": rec, "p50_ms": w50, "p99_ms": w99,
                           "cpu_p50_ms": c50, "cpu_p99_ms": c99})
             print(f"    {name} search_k {ann._index.search_k}: recall {rec:.3f} p50 {w50:.2f} p99 {w99:.2f} "
                   f"cpu p50 {c50:.2f} p99 {c99:.2f} ms", file=sys.stderr, flush=True)
         ann._index.search_k = base
+        if base_ranges is not None:
+            ann._index.range_search_k = base_ranges
         row["sweep"] = curve
     if compare_dot:
         ix = AnnoyIndex("dot", n_trees=cfg.n_trees, metric="dot", seed=cfg.seed, search_k=info.search_k).build(items)
@@ -204,7 +210,8 @@ def movielens_vectors() -> tuple[np.ndarray, np.ndarray, sp.csr_matrix, dict]:
     return real.item_vectors, real.user_vectors, real.train, foldin
 
 
-COLS = [("name", "{}"), ("n_items", "{:,}"), ("ranges", "{}"), ("search_k", "{:,}"), ("gate_recall@100", "{:.3f}"),
+COLS = [("name", "{}"), ("n_items", "{:,}"), ("ranges", "{}"), ("search_k", "{:,}"), ("range_search_k", "{}"),
+        ("gate_recall@100", "{:.3f}"),
         ("served_recall@100", "{:.3f}"), ("build_s", "{:.1f}"), ("index_mb", "{:.0f}"),
         ("annoy_p50_ms", "{:.2f}"), ("annoy_p99_ms", "{:.2f}"), ("annoy_cpu_p50_ms", "{:.2f}"),
         ("annoy_cpu_p99_ms", "{:.2f}"), ("exact_p50_ms", "{:.2f}"), ("exact_p99_ms", "{:.2f}"),
@@ -233,6 +240,8 @@ def main() -> None:
                    help="[index] norm_ranges (1: one forest, the pre-2026-11-26 export)")
     p.add_argument("--norm-range-exact-max", type=int, default=IndexConfig.norm_range_exact_max,
                    help="[index] norm_range_exact_max (ranges up to this size are scanned exactly)")
+    p.add_argument("--uniform-search-k", action="store_true",
+                   help="one search_k for every norm range (no per-range budgets), for comparison")
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--latency-queries", type=int, default=1000)
     p.add_argument("--latency-repeats", type=int, default=5,
@@ -247,7 +256,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     sizes = a.sizes or ([10_000, 100_000] if a.quick else [10_000, 100_000, 1_000_000])
     cfg = IndexConfig(n_trees=a.trees, recall_k=100, min_recall=0.95, n_queries=1000, norm_ranges=a.norm_ranges,
-                      norm_range_exact_max=a.norm_range_exact_max)
+                      norm_range_exact_max=a.norm_range_exact_max, per_range_search_k=not a.uniform_search_k)
     work = Path(tempfile.mkdtemp(prefix="bench-retrieval-"))
     rows = []
     try:

@@ -233,3 +233,38 @@ def test_recall_counts_tied_items_as_hits_so_zero_user_vectors_do_not_fail_the_g
     finally:
         ranged.search_k = -1
     assert r == pytest.approx(plain) and r < 1.0
+
+
+def test_narrow_norm_ranges_get_plain_angular_forests_and_wide_ones_keep_the_transform(tmp_path):
+    items, users = _skewed(n=20_000, sigma=0.3, seed=5)
+    ix = NormRangedAnnoyIndex(n_ranges=5, min_range=1250, exact_range_max=0, n_trees=10, n_jobs=1).build(items)
+    norms = np.linalg.norm(items, axis=1)[ix.order_]
+    ratios = [norms[a] / norms[b - 1] for a, b in zip(ix.bounds_[:-1], ix.bounds_[1:])]
+    assert ix.transforms_ == ["angular" if r <= 1.3 else "mips" for r in ratios]
+    assert set(ix.transforms_) == {"angular", "mips"}  # the long tail and the shortest vectors stay augmented
+    # candidates are ranked by cos * |x| * |q| or the augmented angle; returned scores are exact
+    ix.search_k = 800
+    ids, scores = ix.query(users[:50], 100)
+    np.testing.assert_allclose(scores, np.einsum("ukd,ud->uk", items[ids], users[:50]), rtol=1e-5, atol=1e-6)
+    truth = exact_topk(items, users[:50], 100, "dot")
+    assert recall_at_k(ix, users[:50], truth, 100) >= 0.9
+    spec = ix.save(tmp_path)
+    assert spec["transforms"] == ix.transforms_
+    back = NormRangedAnnoyIndex.load(tmp_path, spec, items, n_trees=10, search_k=800)
+    np.testing.assert_array_equal(back.query(users[:50], 100)[0], ids)
+    with pytest.raises(BundleError, match="transforms"):
+        NormRangedAnnoyIndex.load(tmp_path, {**spec, "transforms": ["angular"] * 2}, items)
+
+
+def test_ranges_saved_without_transforms_load_as_augmented_forests(skewed, tmp_path):
+    """Bundles written before plain angular ranges existed have no `transforms` entry."""
+    items, users, _ = skewed
+    old = NormRangedAnnoyIndex(n_ranges=4, min_range=2500, exact_range_max=0, n_trees=10, n_jobs=1,
+                               angular_max_ratio=0.0, search_k=1000).build(items)
+    assert set(old.transforms_) == {"mips"}
+    spec = old.save(tmp_path)
+    del spec["transforms"]
+    back = NormRangedAnnoyIndex.load(tmp_path, spec, items, n_trees=10, search_k=1000)
+    assert back.transforms_ == ["mips"] * 4
+    for a, b in zip(old.query(users[:30], 100), back.query(users[:30], 100)):
+        np.testing.assert_array_equal(a, b)

@@ -9,14 +9,8 @@ import pytest
 
 from recsys.errors import BundleError
 from recsys.index.norm_ranged import NormRangedAnnoyIndex
-from recsys.index.recall import (
-    allocate_range_budgets,
-    budget_ladder,
-    exact_topk,
-    recall_at_k,
-    tune_range_search_k,
-    tune_search_k,
-)
+from recsys.index.range_budgets import allocate_range_budgets, budget_ladder, range_hits, tune_range_search_k
+from recsys.index.recall import exact_topk, recall_at_k, tune_search_k
 from recsys.serving.bundle import IndexConfig, export_bundle
 from recsys.serving.reader import load_index, read_bundle
 from test_norm_ranged import _bundle_args, _skewed
@@ -42,7 +36,7 @@ def test_range_hits_add_up_to_the_recall_measured_end_to_end(skewed, exact_range
     ranged = NormRangedAnnoyIndex(n_ranges=5, min_range=2500, exact_range_max=exact_range_max, n_trees=10,
                                   n_jobs=1).build(items)
     ladder = [100, 400, 1600]
-    hits = ranged.range_hits(users, truth, ladder)
+    hits = range_hits(ranged, users, truth, ladder)
     assert hits.shape == (5, 3)
     assert (hits[:, -1] <= (truth >= 0).sum()).all() and hits[:, -1].sum() <= truth.size
     assert (np.diff(hits, axis=1) >= 0).all()  # a bigger budget never finds fewer
@@ -109,8 +103,8 @@ def test_only_blocked_items_that_could_reach_the_top_raise_the_fetch(skewed):
     ranged = NormRangedAnnoyIndex(n_ranges=5, min_range=2500, exact_range_max=2500, n_trees=10, search_k=500,
                                   n_jobs=1).build(items)
     calls: list[tuple[int, int]] = []
-    ranged._segments = [(r, ids, _SpyForest(a, calls) if a is not None else None, v, m)
-                        for r, ids, a, v, m in ranged._segments]
+    ranged._segments = [(r, ids, _SpyForest(a, calls) if a is not None else None, *rest)
+                        for r, ids, a, *rest in ranged._segments]
     scores = items @ users[0]
     low = np.argsort(scores)[:200]  # the user's 200 worst items
     got, _ = ranged.query(users[0], 100, exclude=[low])

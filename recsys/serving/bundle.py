@@ -50,7 +50,8 @@ from recsys.index.annoy_index import METRICS, AnnoyIndex
 from recsys.index.base import check_similarity, check_vectors
 from recsys.index.exact import ExactIndex
 from recsys.index.norm_ranged import NormRangedAnnoyIndex, range_bounds
-from recsys.index.recall import exact_topk, median_query_ms, sample_queries, tune_range_search_k, tune_search_k
+from recsys.index.range_budgets import tune_range_search_k
+from recsys.index.recall import exact_topk, median_query_ms, sample_queries, tune_search_k
 from recsys.io import sha256_file, write_json
 # the bundle API in one place: reading lives in reader, publish/rollback in versions
 from recsys.serving.reader import (  # noqa: F401
@@ -106,6 +107,10 @@ class IndexConfig:
     norm_range_exact_max : int
         Norm ranges up to this size are scanned exactly at query time (their forests are
         still written).
+    per_range_search_k : bool
+        After the gate's one ``search_k`` passes, give each norm range its own, priced
+        from its measured recall curve (:func:`~recsys.index.range_budgets.tune_range_search_k`);
+        kept only when it also passes and costs less in total. False: one value for all.
     n_jobs : int
         Build threads (-1: all cores). Only ``n_jobs=1`` gives byte-identical files for
         the same seed: with more threads Annoy's trees depend on thread scheduling
@@ -124,6 +129,7 @@ class IndexConfig:
     norm_ranges: int = 8
     norm_range_min: int = 1_000
     norm_range_exact_max: int = 8_192
+    per_range_search_k: bool = True
     n_jobs: int = -1
 
     def __post_init__(self) -> None:
@@ -331,7 +337,7 @@ def export_bundle(
                 f"index recall@{cfg.recall_k} = {tune.recall:.4f} < {cfg.min_recall} even at search_k = {tune.search_k}; "
                 "not published (raise index.n_trees or index.max_search_k, or check the vectors)"
             )
-        if isinstance(index, NormRangedAnnoyIndex):  # one budget per range, priced by its recall curve
+        if cfg.per_range_search_k and isinstance(index, NormRangedAnnoyIndex):  # a budget per range
             per_range = tune_range_search_k(index, gate_q, truth, k=cfg.recall_k, threshold=cfg.min_recall)
             if per_range.passed:
                 gate.update(recall=per_range.recall, range_search_k=per_range.range_search_k,
