@@ -76,6 +76,15 @@ def test_per_range_budgets_pass_the_gate_for_less_total_search_k_than_one_budget
     print(f"one search_k {uniform.search_k} x {sum(searched)} forests vs per range {res.range_search_k}")
     assert cost < uniform.search_k * sum(searched)
     assert recall_at_k(ranged, users, truth, 100) == pytest.approx(res.recall)  # what the index now serves
+    # a range holding none of the sample's true top-k is skipped (budget 0), the others searched
+    holds = range_hits(ranged, users, truth, [100])[:, 0] > 0
+    assert not holds.all() and [b > 0 for b in res.range_search_k] == holds.tolist()
+
+
+def test_a_single_search_k_of_zero_does_not_skip_the_forests(ranged, skewed):
+    _, users, truth = skewed
+    ranged.search_k = 0  # read as Annoy's default, as for one forest, not as "skip every range"
+    assert recall_at_k(ranged, users[:50], truth[:50], 100) > 0.9
 
 
 def test_unreachable_threshold_leaves_the_budgets_unchanged(ranged, skewed):

@@ -92,7 +92,9 @@ class NormRangedAnnoyIndex(VectorIndex):
         125k range, none in the 500k range of the shortest vectors), so one budget for
         all wastes most of it; the recall gate
         (:func:`~recsys.index.range_budgets.tune_range_search_k`) sets it from each range's
-        measured recall curve.
+        measured recall curve. 0 skips a searched range: the gate sets it only where its
+        sample held none of the true top-k (1M clustered items: the 500k shortest
+        vectors, which the Cauchy-Schwarz cut-off cannot rule out).
     angular_max_ratio : float
         A range whose longest vector is at most this many times its shortest gets a
         plain angular forest over the raw vectors instead of the MIPS-augmented one; its
@@ -198,8 +200,8 @@ class NormRangedAnnoyIndex(VectorIndex):
         return [len(ids) <= self.exact_range_max for ids in self._range_ids]
 
     def _budgets(self) -> list[int]:
-        if self.range_search_k is None:
-            return [self.search_k] * self.n_ranges_
+        if self.range_search_k is None:  # one value for all; 0 must not read as "skip"
+            return [self.search_k if self.search_k != 0 else -1] * self.n_ranges_
         if len(self.range_search_k) != self.n_ranges_:
             raise InputError(f"range_search_k has {len(self.range_search_k)} values for {self.n_ranges_} ranges")
         return self.range_search_k
@@ -246,7 +248,7 @@ class NormRangedAnnoyIndex(VectorIndex):
         if len(files) != len(bounds) - 1 or bounds[0] != 0 or bounds[-1] != len(v) or len(spec["max_norms"]) != len(files):
             raise BundleError(f"{directory}: norm ranges {bounds} do not fit {len(v)} item vectors and {len(files)} files")
         budgets = spec.get("search_k")
-        if budgets is not None and (len(budgets) != len(files) or any(int(b) <= 0 for b in budgets)):
+        if budgets is not None and (len(budgets) != len(files) or any(int(b) < 0 for b in budgets)):
             raise BundleError(f"{directory}: per-range search_k {budgets} does not fit {len(files)} ranges")
         idx = cls(n_ranges=len(files), n_trees=n_trees, search_k=search_k, seed=seed, search_k_ref=search_k_ref,
                   exact_range_max=int(spec.get("exact_range_max", 0)), range_search_k=budgets)
@@ -316,22 +318,19 @@ class NormRangedAnnoyIndex(VectorIndex):
             b_sorted = np.sort(blocked)
             b_scores = self.vectors_[b_sorted] @ q
             b_pos = self._pos[b_sorted]
-        cand: list[np.ndarray] = []
-        scores: list[np.ndarray] = []
-        n_kept, best, kth = 0, -np.inf, -np.inf
+        # the best k candidates so far and the k-th best score (-inf until there are k)
+        pool_g, pool_s, kth = np.empty(0, np.int64), np.empty(0, np.float64), -np.inf
         for r, rng_ids, ann, vecs, max_norm, plain in self._segments:
-            reach = max_norm * q_norm * (1 + _BOUND_SLACK)  # no item here or later scores more
-            if n_kept >= k and reach < best:  # the k-th best is at most the best: compare only then
-                if kth == -np.inf:
-                    kth = float(np.partition(np.concatenate(scores), -k)[-k])
-                if reach < kth:
-                    break  # no item of this or any later (shorter) range can reach the top k
+            if vecs is None and budgets[r] == 0:
+                continue  # the gate found none of the true top-k here (see range_budgets)
+            if max_norm * q_norm * (1 + _BOUND_SLACK) < kth:
+                break  # Cauchy-Schwarz: no item of this or any later (shorter) range reaches the top k
             n_r = min(len(rng_ids), int(math.ceil((k + n_hot) * over)))
             sk = scaled_search_k(budgets[r], n_r, self.search_k_ref)
             scan = vecs is not None or (0 < sk and sk >= len(rng_ids))  # small range, or Annoy would see it all
             if scan:
                 g, s = rng_ids, (vecs if vecs is not None else self.vectors_[rng_ids]) @ q
-                if n_hot:
+                if len(blocked):
                     start = int(self._pos[rng_ids[0]])
                     inside = (b_pos >= start) & (b_pos < start + len(rng_ids))
                     s[b_pos[inside] - start] = -np.inf
@@ -340,33 +339,25 @@ class NormRangedAnnoyIndex(VectorIndex):
                 g = rng_ids[np.asarray(got, np.int64)]
                 d = np.asarray(dist, np.float64)
                 s = (1.0 - 0.5 * d * d) * ((self.norms_[g] if plain else max_norm) * q_norm)
-                if n_hot:  # sorted lookup: np.isin costs more on these short arrays
+                if len(blocked):  # sorted lookup: np.isin costs more on these short arrays
                     keep = b_sorted[np.minimum(np.searchsorted(b_sorted, g), len(b_sorted) - 1)] != g
                     g, s = g[keep], s[keep]
             if allowed_mask is not None:
                 keep = allowed_mask[g]
                 g, s = g[keep], s[keep]
-            if len(s) > k:  # only a range's own best k can matter
+            g, s = np.concatenate([pool_g, g]), np.concatenate([pool_s, s])
+            if len(s) > k:
                 top = np.argpartition(s, len(s) - k)[len(s) - k:]
                 g, s = g[top], s[top]
-            if scan and n_hot:
-                g, s = g[s > -np.inf], s[s > -np.inf]
-            if len(s):
-                best = max(best, float(s.max()))
-            cand.append(g)
-            scores.append(s)
-            n_kept += len(g)
-            kth = -np.inf
-            if n_hot and n_kept >= k:
-                kth = float(np.partition(np.concatenate(scores), -k)[-k])
-                n_hot = int(np.count_nonzero(b_scores >= kth))
-        g, s = np.concatenate(cand), np.concatenate(scores)
+            pool_g, pool_s = g, s
+            if len(s) == k:
+                kth = float(s.min())  # -inf while blocked scan items still fill the pool
+                if n_hot and kth > -np.inf:
+                    n_hot = int(np.count_nonzero(b_scores >= kth))
+        g = pool_g[pool_s > -np.inf]
         if len(g) < k:
             return None
-        if len(g) > k:  # the best k by Annoy's float32 angles, then re-scored exactly and sorted
-            top = np.argpartition(s, len(s) - k)[len(s) - k:]
-            g = g[top]
-        s = self.vectors_[g] @ q
+        s = self.vectors_[g] @ q  # exact scores (forest candidates were ranked by Annoy's float32 angles)
         order = np.argsort(-s, kind="stable")
         return g[order], s[order].astype(np.float32)
 
