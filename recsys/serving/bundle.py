@@ -45,14 +45,12 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.data.idmap import IdMap
-from recsys.errors import ConfigError, InputError, QualityGateError
+from recsys.errors import ConfigError, InputError
 from recsys.index.annoy_index import METRICS, AnnoyIndex
 from recsys.index.base import check_similarity, check_vectors
-from recsys.index.exact import ExactIndex
 from recsys.index.norm_ranged import NormRangedAnnoyIndex, range_bounds
-from recsys.index.range_budgets import tune_range_search_k
-from recsys.index.recall import exact_topk, median_query_ms, sample_queries, tune_search_k
 from recsys.io import sha256_file, write_json
+from recsys.serving.gate import gate_queries, run_gate
 # the bundle API in one place: reading lives in reader, publish/rollback in versions
 from recsys.serving.reader import (  # noqa: F401
     BUNDLE_KIND, MANIFEST, SCHEMA_VERSION, BundleData, index_files, load_index, read_bundle, verify_bundle)
@@ -311,14 +309,7 @@ def export_bundle(
         raise InputError(f"item_source must be {n_items} values from {ITEM_SOURCES}")
     foldin_spec = _foldin_spec(foldin, similarity)
 
-    if queries is not None:
-        gate_q, gate_from = check_vectors(queries, "gate queries", dim), "given"
-    elif users is not None and len(users):
-        gate_q, gate_from = users, "user_vectors"
-    else:  # no users at all: items as queries overstate recall, so say so
-        log.warning("no user vectors for the recall gate: using item vectors as queries (optimistic)")
-        gate_q, gate_from = items, "item_vectors"
-    gate_q = sample_queries(gate_q, cfg.n_queries, seed=cfg.seed)
+    gate_q, gate_from = gate_queries(queries, users, items, cfg)
 
     bundles = Path(root) / "bundles"
     bundles.mkdir(parents=True, exist_ok=True)
@@ -327,25 +318,7 @@ def export_bundle(
         t0 = time.perf_counter()
         index = _new_index(cfg, similarity, n_items).build(items)
         build_s = time.perf_counter() - t0
-        truth = exact_topk(items, gate_q, cfg.recall_k, similarity)
-        tune = tune_search_k(index, gate_q, k=cfg.recall_k, threshold=cfg.min_recall, truth=truth,
-                             start=cfg.search_k if cfg.search_k > 0 else None, cap=cfg.max_search_k)
-        gate = {"recall_k": cfg.recall_k, "recall": tune.recall, "min_recall": cfg.min_recall, "passed": tune.passed,
-                "n_queries": len(gate_q), "queries": gate_from, "search_k_tried": [list(h) for h in tune.history]}
-        if not tune.passed:
-            raise QualityGateError(
-                f"index recall@{cfg.recall_k} = {tune.recall:.4f} < {cfg.min_recall} even at search_k = {tune.search_k}; "
-                "not published (raise index.n_trees or index.max_search_k, or check the vectors)"
-            )
-        if cfg.per_range_search_k and isinstance(index, NormRangedAnnoyIndex):  # a budget per range
-            per_range = tune_range_search_k(index, gate_q, truth, k=cfg.recall_k, threshold=cfg.min_recall)
-            if per_range.passed:
-                gate.update(recall=per_range.recall, range_search_k=per_range.range_search_k,
-                            range_search_k_tried=[list(h) for h in per_range.history])
-        if n_items > cfg.exact_max_items:  # served by Annoy unless an exact scan is measured faster
-            lat_q, exact = gate_q[:100], ExactIndex.from_prepared(index.vectors_, similarity)
-            gate["p50_ms"] = {"annoy": median_query_ms(index, lat_q, cfg.recall_k),
-                              "exact": median_query_ms(exact, lat_q, cfg.recall_k), "queries": len(lat_q)}
+        gate = run_gate(index, items, gate_q, gate_from, cfg, similarity)  # tunes index in place
         if isinstance(index, NormRangedAnnoyIndex):
             index_entry: dict[str, Any] = {"file": None, "ranges": index.save(tmp)}
         else:
@@ -370,7 +343,7 @@ def export_bundle(
             "n_users": 0 if users is None else len(users), "n_seen": 0 if seen_m is None else int(seen_m.nnz),
             "item_sources": {s: int((source == s).sum()) for s in ITEM_SOURCES},
             "index": {"backend": "annoy", **index_entry, "metric": index.metric, "transform": index.transform,
-                      "annoy_dim": index.annoy_dim, "n_trees": cfg.n_trees, "search_k": tune.search_k,
+                      "annoy_dim": index.annoy_dim, "n_trees": cfg.n_trees, "search_k": index.search_k,
                       "search_k_ref": cfg.recall_k, "seed": cfg.seed, "build_seconds": round(build_s, 3)},
             "exact_max_items": cfg.exact_max_items, "quality_gate": gate, "config": asdict(cfg),
             "foldin": foldin_spec, "files": files, "extra": dict(extra_manifest or {}),
@@ -387,7 +360,7 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("bundle %s: %d items, recall@%d %.4f", version, n_items, cfg.recall_k, gate["recall"])
-    return BundleInfo(path=final, version=version, recall=gate["recall"], search_k=tune.search_k, recall_k=cfg.recall_k,
+    return BundleInfo(path=final, version=version, recall=gate["recall"], search_k=manifest["index"]["search_k"], recall_k=cfg.recall_k,
                       n_items=n_items, n_users=manifest["n_users"], build_seconds=build_s,
                       index_bytes=sum(files[f]["bytes"] for f in index_files(manifest)), manifest=manifest)
 
