@@ -141,7 +141,7 @@ def throughput(fn, users: list[str], repeats: int = 3) -> float:
 
 def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matrix, workdir: Path,
               cfg: IndexConfig, n_lat: int, compare_dot: bool, foldin: dict | None = None,
-              sweep: bool = False, repeats: int = 1, similarity: str = "dot") -> dict:
+              sweep: bool = False, repeats: int = 1, similarity: str = "dot", search_threads: int = 1) -> dict:
     n_items = len(items)
     item_ids = [f"i{i}" for i in range(n_items)]
     user_ids = [f"u{u}" for u in range(len(users))]
@@ -155,6 +155,12 @@ def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matr
     lat_users = list(rng.choice(user_ids, min(n_lat, len(user_ids)), replace=False))
     batch_users = list(rng.choice(user_ids, min(1000, len(user_ids)), replace=False))
     a50, a99, ac50, ac99, au99 = latency(lambda u: ann.recommend(u, k=100), lat_users, repeats)
+    threads = {}
+    if search_threads > 1:  # the same bundle, one query's forests searched on search_threads threads
+        par = Retriever.load(info.path, backend="annoy", search_threads=search_threads)
+        t50, t99, _, _, tu99 = latency(lambda u: par.recommend(u, k=100), lat_users, repeats)
+        threads = {"search_threads": search_threads, "annoy_threads_p50_ms": t50, "annoy_threads_p99_ms": t99,
+                   "annoy_threads_user_median_p99_ms": tu99}
     n_ex = lat_users if n_items <= 100_000 else lat_users[: max(50, len(lat_users) // 10)]  # exact at 1M: ~30 ms each
     e50, e99, ec50, ec99, eu99 = latency(lambda u: ex.recommend(u, k=100), n_ex, repeats)
     a_qps = throughput(lambda us: ann.recommend(us, k=100), batch_users, repeats=1 if n_items > 100_000 else 3)
@@ -173,7 +179,7 @@ def bench_one(name: str, items: np.ndarray, users: np.ndarray, seen: sp.csr_matr
         "annoy_p50_ms": a50, "annoy_p99_ms": a99, "exact_p50_ms": e50, "exact_p99_ms": e99,
         "annoy_cpu_p50_ms": ac50, "annoy_cpu_p99_ms": ac99, "exact_cpu_p50_ms": ec50, "exact_cpu_p99_ms": ec99,
         "annoy_user_median_p99_ms": au99, "exact_user_median_p99_ms": eu99,
-        "annoy_batch_qps": a_qps, "exact_batch_qps": e_qps, "latency_repeats": repeats,
+        "annoy_batch_qps": a_qps, "exact_batch_qps": e_qps, "latency_repeats": repeats, **threads,
     }
     if sweep:  # the recall / latency trade-off around the gate's choice
         base, base_ranges = ann._index.search_k, getattr(ann._index, "range_search_k", None)
@@ -221,7 +227,8 @@ COLS = [("name", "{}"), ("n_items", "{:,}"), ("ranges", "{}"), ("search_k", "{:,
         ("served_recall@100", "{:.3f}"), ("build_s", "{:.1f}"), ("index_mb", "{:.0f}"),
         ("annoy_p50_ms", "{:.2f}"), ("annoy_p99_ms", "{:.2f}"), ("annoy_cpu_p50_ms", "{:.2f}"),
         ("annoy_cpu_p99_ms", "{:.2f}"), ("annoy_user_median_p99_ms", "{:.2f}"), ("exact_p50_ms", "{:.2f}"),
-        ("exact_p99_ms", "{:.2f}"), ("exact_user_median_p99_ms", "{:.2f}"),
+        ("exact_p99_ms", "{:.2f}"), ("exact_user_median_p99_ms", "{:.2f}"), ("annoy_threads_p50_ms", "{:.2f}"),
+        ("annoy_threads_p99_ms", "{:.2f}"), ("annoy_threads_user_median_p99_ms", "{:.2f}"),
         ("exact_cpu_p50_ms", "{:.2f}"), ("exact_cpu_p99_ms", "{:.2f}"),
         ("annoy_batch_qps", "{:,.0f}"), ("exact_batch_qps", "{:,.0f}"), ("p50 exact/annoy", "{:.1f}x"),
         ("annoy_dot_metric_recall@100", "{:.3f}")]
@@ -249,6 +256,8 @@ def main() -> None:
                    help="[index] norm_range_exact_max (ranges up to this size are scanned exactly)")
     p.add_argument("--uniform-search-k", action="store_true",
                    help="one search_k for every norm range (no per-range budgets), for comparison")
+    p.add_argument("--search-threads", type=int, default=1,
+                   help="also time the Annoy retriever with this many threads per query (norm-ranged bundles)")
     p.add_argument("--users", type=int, default=10_000)
     p.add_argument("--latency-queries", type=int, default=1000)
     p.add_argument("--latency-repeats", type=int, default=5,
@@ -276,7 +285,8 @@ def main() -> None:
                 items, users = CATALOGUES[kind](n, a.users, seed=n)
                 rows.append(bench_one(f"{kind}-{n // 1000}k" + ("-cosine" if a.similarity == "cosine" else ""), items,
                                       users, random_seen(a.users, n), work, cfg, a.latency_queries, a.compare_dot,
-                                      sweep=a.sweep, repeats=a.latency_repeats, similarity=a.similarity))
+                                      sweep=a.sweep, repeats=a.latency_repeats, similarity=a.similarity,
+                                      search_threads=a.search_threads))
                 del items, users
     finally:
         shutil.rmtree(work, ignore_errors=True)

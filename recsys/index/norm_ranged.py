@@ -19,12 +19,8 @@ as Cauchy-Schwarz proves that no item of the remaining ranges can enter its top 
 at all. A range whose (over-fetch scaled) ``search_k`` reaches its size is scanned
 exactly, and so is every range of at most ``exact_range_max`` items (a BLAS scan of the
 few thousand longest vectors is cheaper than a forest search and misses nothing).
-A forest's candidates are ranked by the inner product their Annoy angle implies (every
-item of a range has the augmented norm ``M``), and only the final top k are re-scored
-exactly, so the returned scores are the model's.
-
-How hard each forest is searched is set per range (``range_search_k``, tuned by the
-recall gate), and seen items that cannot reach the top k do not enlarge the search.
+Forest candidates are ranked by the score their Annoy angle implies; the final top k
+are re-scored exactly. Budgets are per range (``range_search_k``, set by the gate).
 
 Files: one ``.ann`` per range plus the norm order (``norm_order.npy``, item indices by
 descending norm); :meth:`NormRangedAnnoyIndex.save` writes them and returns the manifest
@@ -46,6 +42,7 @@ import numpy as np
 from recsys.errors import BundleError, InputError
 from recsys.index.annoy_index import augment_inner_product, build_forest, scaled_search_k
 from recsys.index.base import VectorIndex, check_k, check_vectors
+from recsys.index.lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +103,9 @@ class NormRangedAnnoyIndex(VectorIndex):
         at search_k 800: 0.957 vs 0.949, 0.960 vs 0.936, 0.945 vs 0.916; on MF-like
         vectors at ratio 1.28 both were equal. Wider ranges keep the transform, which
         stays exact for any spread of norms. 1.0 (or less): always the transform.
+    search_threads : int
+        Threads one query may use for its forest searches (:mod:`recsys.index.lanes`):
+        for services with cores to spare at low concurrency. 1 (default): none borrowed.
     """
 
     kind = "annoy-norm-ranged"
@@ -125,6 +125,7 @@ class NormRangedAnnoyIndex(VectorIndex):
         n_jobs: int = -1,
         range_search_k: Sequence[int] | None = None,
         angular_max_ratio: float = 1.3,
+        search_threads: int = 1,
     ) -> None:
         super().__init__("dot")
         if int(n_ranges) <= 0 or int(min_range) <= 0 or int(n_trees) <= 0:
@@ -140,6 +141,8 @@ class NormRangedAnnoyIndex(VectorIndex):
         self.n_jobs = int(n_jobs)
         self.range_search_k = None if range_search_k is None else [int(v) for v in range_search_k]
         self.angular_max_ratio = float(angular_max_ratio)
+        self.search_threads = max(1, int(search_threads))
+        self._lanes = Lanes(self.search_threads) if self.search_threads > 1 else None
 
     @property
     def annoy_dim(self) -> int:
@@ -225,9 +228,11 @@ class NormRangedAnnoyIndex(VectorIndex):
         return spec
 
     def unload(self) -> None:
-        """Release every range's forest."""
+        """Release every range's forest (and the search threads)."""
         for ann in self._forests:
             ann.unload()
+        if self._lanes is not None:
+            self._lanes.close()
 
     @classmethod
     def load(
@@ -240,6 +245,7 @@ class NormRangedAnnoyIndex(VectorIndex):
         seed: int = 42,
         search_k_ref: int = 100,
         prefault: bool = False,
+        search_threads: int = 1,
     ) -> NormRangedAnnoyIndex:
         """Memory-map the ranges described by ``spec`` (the manifest entry from :meth:`save`)."""
         directory = Path(directory)
@@ -251,7 +257,8 @@ class NormRangedAnnoyIndex(VectorIndex):
         if budgets is not None and (len(budgets) != len(files) or any(int(b) < 0 for b in budgets)):
             raise BundleError(f"{directory}: per-range search_k {budgets} does not fit {len(files)} ranges")
         idx = cls(n_ranges=len(files), n_trees=n_trees, search_k=search_k, seed=seed, search_k_ref=search_k_ref,
-                  exact_range_max=int(spec.get("exact_range_max", 0)), range_search_k=budgets)
+                  exact_range_max=int(spec.get("exact_range_max", 0)), range_search_k=budgets,
+                  search_threads=search_threads)
         idx.vectors_ = v
         try:
             order = np.load(directory / spec["order_file"], allow_pickle=False)
@@ -318,26 +325,28 @@ class NormRangedAnnoyIndex(VectorIndex):
             b_sorted = np.sort(blocked)
             b_scores = self.vectors_[b_sorted] @ q
             b_pos = self._pos[b_sorted]
-        # the best k candidates so far and the k-th best score (-inf until there are k)
-        pool_g, pool_s, kth = np.empty(0, np.int64), np.empty(0, np.float64), -np.inf
-        for r, rng_ids, ann, vecs, max_norm, plain in self._segments:
-            if vecs is None and budgets[r] == 0:
-                continue  # the gate found none of the true top-k here (see range_budgets)
-            if max_norm * q_norm * (1 + _BOUND_SLACK) < kth:
-                break  # Cauchy-Schwarz: no item of this or any later (shorter) range reaches the top k
+
+        def fetch(seg: tuple) -> tuple | None:
+            """The GIL-free part: a forest's raw answer (None: scan the range instead)."""
+            r, rng_ids, ann, vecs, _, plain = seg
             n_r = min(len(rng_ids), int(math.ceil((k + n_hot) * over)))
             sk = scaled_search_k(budgets[r], n_r, self.search_k_ref)
-            scan = vecs is not None or (0 < sk and sk >= len(rng_ids))  # small range, or Annoy would see it all
-            if scan:
+            if vecs is not None or (0 < sk and sk >= len(rng_ids)):  # small range, or Annoy would see it all
+                return None
+            return ann.get_nns_by_vector(q_raw if plain else aq, n_r, search_k=sk, include_distances=True)
+
+        def scores(seg: tuple, raw: tuple | None) -> tuple[np.ndarray, np.ndarray]:
+            """One segment's candidates and scores, blocked items removed."""
+            _, rng_ids, _, vecs, max_norm, plain = seg
+            if raw is None:
                 g, s = rng_ids, (vecs if vecs is not None else self.vectors_[rng_ids]) @ q
                 if len(blocked):
                     start = int(self._pos[rng_ids[0]])
                     inside = (b_pos >= start) & (b_pos < start + len(rng_ids))
                     s[b_pos[inside] - start] = -np.inf
             else:  # score from Annoy's angle and the norms: |x_aug| = max_norm in an augmented range
-                got, dist = ann.get_nns_by_vector(q_raw if plain else aq, n_r, search_k=sk, include_distances=True)
-                g = rng_ids[np.asarray(got, np.int64)]
-                d = np.asarray(dist, np.float64)
+                g = rng_ids[np.asarray(raw[0], np.int64)]
+                d = np.asarray(raw[1], np.float64)
                 s = (1.0 - 0.5 * d * d) * ((self.norms_[g] if plain else max_norm) * q_norm)
                 if len(blocked):  # sorted lookup: np.isin costs more on these short arrays
                     keep = b_sorted[np.minimum(np.searchsorted(b_sorted, g), len(b_sorted) - 1)] != g
@@ -345,13 +354,33 @@ class NormRangedAnnoyIndex(VectorIndex):
             if allowed_mask is not None:
                 keep = allowed_mask[g]
                 g, s = g[keep], s[keep]
-            g, s = np.concatenate([pool_g, g]), np.concatenate([pool_s, s])
+            return g, s
+
+        # skip the ranges the gate found empty (budget 0, see range_budgets)
+        todo = [seg for seg in self._segments if seg[3] is not None or budgets[seg[0]] != 0]
+        # the best k candidates so far and the k-th best score (-inf until there are k)
+        pool_g, pool_s, kth = np.empty(0, np.int64), np.empty(0, np.float64), -np.inf
+        while todo:
+            if todo[0][4] * q_norm * (1 + _BOUND_SLACK) < kth:
+                break  # Cauchy-Schwarz: no item of this or any later (shorter) range reaches the top k
+            if self._lanes is not None and todo[0][3] is None and len(todo) > 1:
+                # the remaining forests at once, their Annoy searches on free helper threads
+                # (lanes.py); the numpy work stays here, off the threads' GIL hand-offs
+                batch = [seg for seg in todo if seg[4] * q_norm * (1 + _BOUND_SLACK) >= kth]
+                raws = self._lanes.run(fetch, batch, [budgets[seg[0]] + 300 for seg in batch])
+                found, todo = [scores(seg, raw) for seg, raw in zip(batch, raws)], []
+            else:
+                found, todo = [scores(todo[0], fetch(todo[0]))], todo[1:]
+            if len(pool_s):
+                found = [(pool_g, pool_s), *found]
+            g = found[0][0] if len(found) == 1 else np.concatenate([f[0] for f in found])
+            s = found[0][1] if len(found) == 1 else np.concatenate([f[1] for f in found])
             if len(s) > k:
                 top = np.argpartition(s, len(s) - k)[len(s) - k:]
                 g, s = g[top], s[top]
             pool_g, pool_s = g, s
-            if len(s) == k:
-                kth = float(s.min())  # -inf while blocked scan items still fill the pool
+            if len(pool_s) == k:
+                kth = float(pool_s.min())  # -inf while blocked scan items still fill the pool
                 if n_hot and kth > -np.inf:
                     n_hot = int(np.count_nonzero(b_scores >= kth))
         g = pool_g[pool_s > -np.inf]

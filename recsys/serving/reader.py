@@ -118,8 +118,12 @@ def read_bundle(path: str | os.PathLike, verify: bool = True, mmap: bool = True)
                       user_vectors=users, user_map=user_map, seen=seen, foldin=foldin)
 
 
-def load_index(data: BundleData, prefault: bool = False) -> AnnoyIndex | NormRangedAnnoyIndex:
-    """Memory-map the bundle's ``.ann`` file(s) with the metric/dimension from its manifest."""
+def load_index(data: BundleData, prefault: bool = False, search_threads: int = 1) -> AnnoyIndex | NormRangedAnnoyIndex:
+    """Memory-map the bundle's ``.ann`` file(s) with the metric/dimension from its manifest.
+
+    ``search_threads`` > 1 lets one query search a norm-ranged bundle's forests in
+    parallel (:mod:`recsys.index.lanes`); a one-forest bundle has nothing to split.
+    """
     ix = data.manifest["index"]
     if ix.get("ranges"):
         if data.manifest["similarity"] != "dot" or ix["transform"] != NormRangedAnnoyIndex.transform:
@@ -127,7 +131,7 @@ def load_index(data: BundleData, prefault: bool = False) -> AnnoyIndex | NormRan
                               "the bundle was written by another recsys version")
         return NormRangedAnnoyIndex.load(data.path, ix["ranges"], vectors=data.item_vectors, n_trees=ix["n_trees"],
                                          search_k=ix["search_k"], seed=ix["seed"], search_k_ref=ix["search_k_ref"],
-                                         prefault=prefault)
+                                         prefault=prefault, search_threads=search_threads)
     index = AnnoyIndex.load(data.path / ix["file"], vectors=data.item_vectors, similarity=data.manifest["similarity"],
                             metric=ix["metric"], n_trees=ix["n_trees"], search_k=ix["search_k"], seed=ix["seed"],
                             search_k_ref=ix["search_k_ref"], prefault=prefault)
