@@ -2,7 +2,8 @@
 
 Why: a norm-ranged query searches about six forests one after the other, and Annoy
 releases the GIL while it searches, so a second core can take half of them. Measured
-at 1M clustered items on 2 cores (docs/retrieval.md): p50 2.3 -> 1.5 ms. It only pays
+at 1M clustered items on 2 cores (docs/retrieval.md), the same run: p50 / p99
+1.92 / 2.81 -> 1.75 / 2.20 ms through the Retriever. It only pays
 when cores are idle, i.e. at low concurrency. A loaded service has no spare core, and
 queueing one query's work behind another's would make both slower. So a query only
 borrows a helper thread that is free at that moment, and otherwise runs all of its

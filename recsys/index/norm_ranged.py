@@ -29,6 +29,7 @@ entry that :meth:`NormRangedAnnoyIndex.load` needs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -182,15 +183,14 @@ class NormRangedAnnoyIndex(VectorIndex):
         # copy to scan or None, max norm, plain angular forest?). Adjacent scanned ranges
         # are merged into one segment: one BLAS call and one partition instead of one per range.
         segments: list[tuple[int, np.ndarray, annoy.AnnoyIndex | None, np.ndarray | None, float, bool]] = []
-        for r, ids in enumerate(self._range_ids):
-            if len(ids) > self.exact_range_max:
-                segments.append((r, ids, forests[r], None, self.max_norms_[r], self.transforms_[r] == "angular"))
-            elif segments and segments[-1][3] is not None:
-                r0, ids0, _, _, m0, _ = segments[-1]
-                merged = np.concatenate([ids0, ids])
-                segments[-1] = (r0, merged, None, np.ascontiguousarray(self.vectors_[merged]), m0, False)
+        for scan, group in itertools.groupby(range(len(self._range_ids)), key=self.scanned_ranges().__getitem__):
+            rs = list(group)
+            if scan:
+                ids = np.concatenate([self._range_ids[r] for r in rs])
+                segments.append((rs[0], ids, None, np.ascontiguousarray(self.vectors_[ids]), self.max_norms_[rs[0]], False))
             else:
-                segments.append((r, ids, None, np.ascontiguousarray(self.vectors_[ids]), self.max_norms_[r], False))
+                segments += [(r, self._range_ids[r], forests[r], None, self.max_norms_[r], self.transforms_[r] == "angular")
+                             for r in rs]
         self._segments = segments
 
     @property

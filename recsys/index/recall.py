@@ -164,4 +164,3 @@ def tune_search_k(
                 lo = mid
     index.search_k = best
     return TuneResult(search_k=best, recall=best_rec, passed=best_rec >= threshold, history=history)
-
