@@ -43,6 +43,10 @@ class BundleError(RecsysError, ValueError):
     """An artifact bundle is corrupted, incomplete or of an unknown version."""
 
 
+class ClosedError(RecsysError, ValueError):
+    """An object was used after ``close()`` (like a closed file: load it again)."""
+
+
 class QualityGateError(RecsysError):
     """A quality gate (ANN recall, champion comparison) refused to publish."""
 

@@ -6,6 +6,7 @@ a migrated template is made once per test session and copied for every store a t
 
 from __future__ import annotations
 
+import atexit
 import shutil
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ def fresh_store(directory: str | Path) -> str:
         import mlflow
 
         d = Path(tempfile.mkdtemp(prefix="recsys-mlflow-template-"))
+        atexit.register(shutil.rmtree, d, True)
         mlflow.MlflowClient(local_sqlite_uri(d)).search_experiments()  # creates + migrates the schema
         _TEMPLATE = d / LOCAL_DB
     directory = Path(directory)

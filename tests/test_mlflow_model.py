@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import tempfile
 import socket
 import subprocess
 import sys
@@ -18,6 +20,7 @@ import pytest
 import scipy.sparse as sp
 
 from recsys import Retriever
+from recsys.errors import ClosedError
 from recsys.serving.bundle import IndexConfig, export_bundle
 from recsys.serving.mlflow_model import log_retriever_model, signature
 
@@ -84,6 +87,47 @@ def test_retriever_loads_from_registry_alias_and_run_uris(registered):
     assert r.version == registered["info"].version
     r2 = Retriever.load(f"runs:/{registered['run_id']}/retriever", tracking_uri=registered["uri"])
     assert list(r2.recommend("5", k=3)[0]) == _expected(registered["info"], "5", 3)
+
+
+def test_a_downloaded_bundle_is_deleted_on_close_and_queries_are_then_refused(registered, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    r = Retriever.load("models:/recsys@champion", tracking_uri=registered["uri"])
+    download = tmp_path / r.path.relative_to(tmp_path).parts[0]
+    assert download.name.startswith("recsys-bundle-") and (r.path / "manifest.json").is_file()
+    assert len(r.recommend("5", k=3)[0]) == 3
+    with r:
+        pass
+    assert r.closed and not download.exists()
+    with pytest.raises(ClosedError, match="closed; load the bundle again"):
+        r.recommend("5", k=3)
+    r.close()  # twice is harmless
+
+
+def test_a_downloaded_bundle_is_deleted_when_the_retriever_is_garbage_collected(registered, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    r = Retriever.load("models:/recsys@champion", tracking_uri=registered["uri"])
+    download = tmp_path / r.path.relative_to(tmp_path).parts[0]
+    assert download.is_dir()
+    del r
+    gc.collect()
+    assert not download.exists()
+
+
+def test_closing_never_deletes_a_bundle_the_retriever_does_not_own(registered, tmp_path):
+    given = tmp_path / "given"
+    with Retriever.load("models:/recsys@champion", tracking_uri=registered["uri"], dst_path=given) as r:
+        kept = r.path
+    with Retriever.load(registered["info"].path) as local:
+        pass
+    assert (kept / "manifest.json").is_file() and (registered["info"].path / "manifest.json").is_file()
+    assert local.closed and Retriever.load(kept).version == registered["info"].version
+
+
+def test_a_failed_download_leaves_no_temporary_directory(registered, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    with pytest.raises(Exception, match="cannot download"):
+        Retriever.load("models:/no-such-model@champion", tracking_uri=registered["uri"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def _free_port() -> int:

@@ -61,22 +61,32 @@ def test_notebook_executes_top_to_bottom(path: Path):
     assert sorted(p.name for p in NOTEBOOK_DIR.iterdir()) == before, "the notebook wrote files into notebooks/"
 
 
-def test_runner_reports_the_failing_cell(tmp_path: Path):
+def _run_cells(tmp_path: Path, *sources: str, timeout: int = 60):
+    """Write a notebook of these code cells and execute it with the runner."""
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('boom in cell two')")]
-    path = tmp_path / "bad.ipynb"
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in sources]
+    path = tmp_path / "cells.ipynb"
     nbformat.write(nb, path)
+    return RUNNER.execute_notebook(path, timeout=timeout)
+
+
+def _printed(nb) -> str:
+    return nb.cells[0].outputs[0]["text"].strip()
+
+
+def test_runner_reports_the_failing_cell(tmp_path: Path):
     with pytest.raises(RUNNER.NotebookError, match="boom in cell two"):
-        RUNNER.execute_notebook(path, timeout=60)
+        _run_cells(tmp_path, "x = 1", "raise ValueError('boom in cell two')")
 
 
 def test_runner_kernel_is_this_interpreter(tmp_path: Path):
     import sys
 
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("import sys; print(sys.executable)")]
-    path = tmp_path / "which.ipynb"
-    nbformat.write(nb, path)
-    out = RUNNER.execute_notebook(path, timeout=60)
-    printed = out.cells[0].outputs[0]["text"].strip()
-    assert Path(printed).resolve() == Path(sys.executable).resolve()
+    out = _run_cells(tmp_path, "import sys; print(sys.executable)")
+    assert Path(_printed(out)).resolve() == Path(sys.executable).resolve()
+
+
+def test_runner_removes_the_scratch_folders_a_notebook_makes(tmp_path: Path):
+    scratch = Path(_printed(_run_cells(tmp_path, "import tempfile; print(tempfile.mkdtemp(prefix='recsys-nb-'))")))
+    assert scratch.name.startswith("recsys-nb-") and scratch.parent.name.startswith("recsys-kernel-")
+    assert not scratch.exists(), "the notebooks' WORK folders would pile up in /tmp on every test run"

@@ -108,7 +108,8 @@ def execute_notebook(path: str | os.PathLike, timeout: int = DEFAULT_CELL_TIMEOU
             record_timing=True,
         )
         try:
-            client.execute()
+            # the notebooks' scratch folders (tempfile.mkdtemp) land in tmp and go with it
+            client.execute(env={**os.environ, "TMPDIR": tmp})
         except CellExecutionError as e:
             raise NotebookError(f"{path}: a cell raised\n{e}") from None
         finally:

@@ -28,15 +28,19 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from recsys.errors import BundleError, InputError, UnknownIdError
+from recsys.errors import ClosedError, InputError, UnknownIdError
 from recsys.index.base import VectorIndex, check_k, check_vectors, normalize_rows
 from recsys.index.exact import ExactIndex
+from recsys.serving.download import download_bundle, find_bundle
 from recsys.serving.reader import BundleData, load_index, read_bundle
 from recsys.serving.versions import resolve_bundle
 
@@ -66,7 +70,15 @@ class Retriever:
 
     Create with :meth:`load`. Attributes: ``path``, ``manifest``, ``version``,
     ``backend`` (``"exact"`` or ``"annoy"``), ``n_items``, ``n_users``.
+
+    A service that swaps bundles (say, after each nightly export) should :meth:`close`
+    the old retriever, or use it as a context manager, once its last query has
+    returned: that unmaps the index and deletes the temporary copy of a bundle
+    downloaded from MLflow, which at 1M items is about a gigabyte.
     """
+
+    _closed = False
+    _cleanup: weakref.finalize | None = None
 
     def __init__(self, data: BundleData, backend: str = "auto", exact_max_items: int | None = None,
                  prefault: bool = False, search_threads: int = 1) -> None:
@@ -130,8 +142,10 @@ class Retriever:
         tracking_uri : str, optional
             MLflow tracking/registry URI for model URIs (default: MLflow's own resolution).
         dst_path : path, optional
-            Where a model URI is downloaded (default: a new temporary directory, which
-            must outlive the retriever because the index is memory-mapped).
+            Where a model URI is downloaded. Default: a new temporary directory that the
+            retriever owns and deletes when it is closed, garbage-collected or the
+            interpreter exits (not before: the index is memory-mapped from it). A
+            ``dst_path`` you give is never deleted.
         search_threads : int
             Threads one query may use to search a norm-ranged bundle's forests at once
             (1: none). Helps at low concurrency with idle cores: at 1M clustered items on
@@ -139,12 +153,56 @@ class Retriever:
             query only borrows a helper that is free, so under load it just runs alone.
         """
         s = os.fspath(path_or_uri)
+        owned: Path | None = None
         if _URI.match(s) and not s.startswith("file:"):
-            path = download_bundle(s, tracking_uri=tracking_uri, dst_path=dst_path)
+            if dst_path is None:
+                dst_path = owned = Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
+            try:
+                path = download_bundle(s, tracking_uri=tracking_uri, dst_path=dst_path)
+            except BaseException:
+                if owned is not None:
+                    shutil.rmtree(owned, ignore_errors=True)
+                raise
         else:
             path = resolve_bundle(s[len("file://"):] if s.startswith("file://") else s)
-        return cls(read_bundle(path, verify=verify), backend=backend, exact_max_items=exact_max_items,
-                   prefault=prefault, search_threads=search_threads)
+        try:
+            r = cls(read_bundle(path, verify=verify), backend=backend, exact_max_items=exact_max_items,
+                    prefault=prefault, search_threads=search_threads)
+        except BaseException:
+            if owned is not None:
+                shutil.rmtree(owned, ignore_errors=True)
+            raise
+        if owned is not None:  # runs once: on close(), when r is collected, or at exit
+            r._cleanup = weakref.finalize(r, shutil.rmtree, owned, ignore_errors=True)
+        return r
+
+    # -- lifetime ----------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called; a closed retriever refuses queries."""
+        return self._closed
+
+    def close(self) -> None:
+        """Unmap the index, stop its search threads, delete an owned temporary download.
+
+        Call it after the last query has returned (it does not wait for queries in
+        other threads). Closing twice is harmless; queries afterwards raise
+        :class:`~recsys.errors.ClosedError`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._index is not self._exact:
+            self._index.unload()
+        if self._cleanup is not None:
+            self._cleanup()
+            log.info("deleted the downloaded bundle %s", self.path)
+
+    def __enter__(self) -> Retriever:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- id helpers --------------------------------------------------------------------
     def _item_indices(self, ids: Any, what: str, ignore_unknown: bool = False) -> np.ndarray:
@@ -187,6 +245,8 @@ class Retriever:
     def _run(self, vectors: list[np.ndarray | None], blocked: list[np.ndarray], k: int,
              allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """One batched index query for the rows with a vector, popularity for the rest."""
+        if self._closed:
+            raise ClosedError(f"this Retriever ({self.version}) was closed; load the bundle again")
         ids = np.full((len(vectors), k), -1, np.int64)
         scores = np.full((len(vectors), k), -np.inf, np.float32)
         rows = [r for r, v in enumerate(vectors) if v is not None]
@@ -334,33 +394,6 @@ class Retriever:
         """The fallback ranking itself: most popular items (scores are popularity)."""
         k, allowed, common = self._common(k, candidates, exclude)
         return self._finish(*self._run([None], [common], k, allowed), True)
-
-
-def download_bundle(uri: str, tracking_uri: str | None = None, dst_path: str | os.PathLike | None = None) -> Path:
-    """Download an MLflow model logged by :func:`recsys.serving.mlflow_model.log_retriever_model`
-    and return the bundle directory inside it."""
-    import tempfile
-
-    import mlflow
-
-    dst = Path(dst_path) if dst_path is not None else Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
-    dst.mkdir(parents=True, exist_ok=True)
-    try:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(dst), tracking_uri=tracking_uri))
-    except Exception as e:  # noqa: BLE001 - MLflow raises many types; one clear error for the caller
-        raise BundleError(f"cannot download {uri}: {e}") from e
-    return find_bundle(local)
-
-
-def find_bundle(model_dir: str | os.PathLike) -> Path:
-    """The bundle directory inside a downloaded MLflow model (``artifacts/<name>/``)."""
-    model_dir = Path(model_dir)
-    for candidate in [model_dir, *sorted(model_dir.glob("artifacts/*")), *sorted(model_dir.rglob("manifest.json"))]:
-        d = candidate.parent if candidate.name == "manifest.json" else candidate
-        if (d / "manifest.json").is_file() and any(d.glob("*.ann")):
-            return d
-    raise BundleError(f"{model_dir} holds no recsys bundle (no manifest.json with .ann files); "
-                      "was the model logged with log_retriever_model?")
 
 
 __all__: Sequence[str] = ["Retriever", "download_bundle", "find_bundle"]
