@@ -254,9 +254,3 @@ class AnnoyIndex(VectorIndex):
             order = np.argsort(-s, kind="stable")[:k]
             ids[r, : len(order)], out[r, : len(order)] = cand[order], s[order]
         return ids, out
-
-    def _exact(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None,
-               allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        from recsys.index.exact import ExactIndex
-
-        return ExactIndex.from_prepared(self.vectors_, "dot")._search(queries, k, exclude, allowed)

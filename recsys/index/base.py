@@ -110,6 +110,15 @@ class VectorIndex(abc.ABC):
         q = check_vectors(arr[None, :] if single else arr, "query vectors", self.dim)
         return (normalize_rows(q) if self.similarity == "cosine" else q), single
 
+    def _exact(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None,
+               allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Exact scan over the prepared item vectors (dot product: cosine vectors are
+        already unit length): the fallback of the approximate indexes for small
+        allow-lists and for rows that the filters left short of ``k``."""
+        from recsys.index.exact import ExactIndex
+
+        return ExactIndex.from_prepared(self.vectors_, "dot")._search(queries, k, exclude, allowed)
+
     # -- interface ---------------------------------------------------------------------
     @abc.abstractmethod
     def build(self, vectors: Any) -> VectorIndex:

@@ -400,9 +400,3 @@ class NormRangedAnnoyIndex(VectorIndex):
         ids = self._range_ids[r]
         v = q.tolist() if self.transforms_[r] == "angular" else [*q.tolist(), 0.0]
         return ids[np.asarray(self._forests[r].get_nns_by_vector(v, min(n, len(ids)), search_k=int(search_k)), np.int64)]
-
-    def _exact(self, queries: np.ndarray, k: int, exclude: Sequence[np.ndarray] | None,
-               allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        from recsys.index.exact import ExactIndex
-
-        return ExactIndex.from_prepared(self.vectors_, "dot")._search(queries, k, exclude, allowed)
