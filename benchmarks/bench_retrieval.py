@@ -11,6 +11,9 @@ tuned to the cheapest passing value), then measures in the same run:
 * batch throughput (users/s) of ``recommend(list_of_1000_users, k=100)`` for both;
 * build time (forest only, and the whole export with the gate) and index size.
 
+After the table, each 1M-item row gets a line saying whether it meets the issue's target
+(Annoy single-query p99 under 2 ms at served recall@100 >= 0.95), met or not.
+
 Synthetic catalogues are not isotropic Gaussian noise (on which no tree index works).
 Two kinds (``--catalogues``): ``clusters`` (:func:`synthetic`: 4*sqrt(n) isotropic
 cluster centres, mildly skewed norms; the harder one for trees) and ``mf``
@@ -243,6 +246,26 @@ def table(rows: list[dict]) -> str:
     return "\n".join("  ".join(x.rjust(w[i]) for i, x in enumerate(row)) for row in cells)
 
 
+#: the issue's acceptance target, checked on every row of this size
+TARGET_ITEMS, TARGET_P99_MS, TARGET_RECALL = 1_000_000, 2.0, 0.95
+
+
+def verdicts(rows: list[dict]) -> list[str]:
+    """One line per 1M-item row: is Annoy's single-query p99 under 2 ms at served recall@100 >= 0.95?"""
+    lines = []
+    for r in rows:
+        if r["n_items"] < TARGET_ITEMS:
+            continue
+        ok = r["annoy_p99_ms"] < TARGET_P99_MS and r["served_recall@100"] >= TARGET_RECALL
+        threads = (f"; {r['search_threads']} threads per query: p99 {r['annoy_threads_p99_ms']:.2f} ms"
+                   if "annoy_threads_p99_ms" in r else "")
+        lines.append(f"{r['name']}: target {'met' if ok else 'NOT met'} (Annoy p99 {r['annoy_p99_ms']:.2f} ms, "
+                     f"user p99 {r['annoy_user_median_p99_ms']:.2f} ms, served recall@100 "
+                     f"{r['served_recall@100']:.3f}{threads}; target p99 < {TARGET_P99_MS:g} ms at recall >= "
+                     f"{TARGET_RECALL:g}; exact p99 {r['exact_p99_ms']:.2f} ms)")
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="10k and 100k items only")
@@ -291,6 +314,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(table(rows))
+    for line in verdicts(rows):
+        print(line)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"rows": rows, "argv": sys.argv[1:], "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, indent=2))
