@@ -153,22 +153,17 @@ class Retriever:
             query only borrows a helper that is free, so under load it just runs alone.
         """
         s = os.fspath(path_or_uri)
-        owned: Path | None = None
-        if _URI.match(s) and not s.startswith("file:"):
-            if dst_path is None:
-                dst_path = owned = Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
-            try:
-                path = download_bundle(s, tracking_uri=tracking_uri, dst_path=dst_path)
-            except BaseException:
-                if owned is not None:
-                    shutil.rmtree(owned, ignore_errors=True)
-                raise
-        else:
-            path = resolve_bundle(s[len("file://"):] if s.startswith("file://") else s)
+        owned: Path | None = None  # a temporary download this retriever will own
         try:
+            if _URI.match(s) and not s.startswith("file:"):
+                if dst_path is None:
+                    dst_path = owned = Path(tempfile.mkdtemp(prefix="recsys-bundle-"))
+                path = download_bundle(s, tracking_uri=tracking_uri, dst_path=dst_path)
+            else:
+                path = resolve_bundle(s[len("file://"):] if s.startswith("file://") else s)
             r = cls(read_bundle(path, verify=verify), backend=backend, exact_max_items=exact_max_items,
                     prefault=prefault, search_threads=search_threads)
-        except BaseException:
+        except BaseException:  # a failed download or load leaves nothing behind
             if owned is not None:
                 shutil.rmtree(owned, ignore_errors=True)
             raise
