@@ -36,36 +36,20 @@ from tqdm.auto import tqdm
 from recsys.errors import ConfigError, InputError
 from recsys.evaluation import DEFAULT_KS, evaluate
 from recsys.models.base import Recommender
+from recsys.models import registry
 from recsys.models.mf import MFModel
 
 log = logging.getLogger(__name__)
 
 
 def model_class(name: str) -> type[Recommender]:
-    """The class behind a config/CLI model name (``als``, ``bpr``, ``most-popular``, ``item-knn``)."""
-    from recsys.models.als import ALS
-    from recsys.models.bpr import BPR
-
-    classes: dict[str, type[Recommender]] = {"als": ALS, "bpr": BPR}
-    if name in ("most-popular", "item-knn"):
-        from recsys.models.baselines import ItemKNN, MostPopular
-
-        classes.update({"most-popular": MostPopular, "item-knn": ItemKNN})
-    if name not in classes:
-        raise ConfigError(f"unknown model {name!r}; choose one of ['als', 'bpr', 'most-popular', 'item-knn']")
-    return classes[name]
+    """The class behind a config/CLI model name, resolved by :mod:`recsys.models.registry`."""
+    return registry.get_family(name).load_class()
 
 
 def make_model(name: str, params: Mapping[str, Any] | None = None) -> Recommender:
-    """Instantiate a model by name, rejecting unknown hyperparameters with their valid names."""
-    klass = model_class(name)
-    try:
-        return klass(**dict(params or {}))
-    except TypeError as e:
-        import inspect
-
-        valid = [p for p in inspect.signature(klass.__init__).parameters if p != "self"]
-        raise ConfigError(f"bad parameters for {name!r} ({e}); valid ones are {valid}") from e
+    """Instantiate a model by family name, rejecting unknown hyperparameters with the closest valid name."""
+    return registry.get_family(name).make(params)
 
 
 def expand_grid(space: Mapping[str, Any]) -> list[dict[str, Any]]:

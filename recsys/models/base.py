@@ -23,10 +23,9 @@ import scipy.sparse as sp
 
 from recsys.errors import BundleError, InputError, NotFittedError
 from recsys.io import load_npz, save_npz
+from recsys.models import registry
 
 log = logging.getLogger(__name__)
-
-_REGISTRY: dict[str, type[Recommender]] = {}
 
 
 def check_user_items(user_items: Any, n_items: int | None = None) -> sp.csr_matrix:
@@ -82,10 +81,6 @@ class Recommender:
 
     #: names of learned array attributes saved by :meth:`save`
     _state_arrays: ClassVar[tuple[str, ...]] = ()
-
-    def __init_subclass__(cls, **kw: Any) -> None:
-        super().__init_subclass__(**kw)
-        _REGISTRY[cls.__name__] = cls
 
     # -- hyperparameters ---------------------------------------------------------------
     def get_params(self) -> dict[str, Any]:
@@ -208,7 +203,11 @@ class Recommender:
         """Save hyperparameters and learned arrays to one ``.npz`` file (atomically)."""
         self._check_fitted()
         arrays = {name: np.asarray(getattr(self, name)) for name in self._state_arrays}
-        meta = {"class": type(self).__name__, "params": self.get_params(), "n_users": self.n_users_, "n_items": self.n_items_}
+        family = registry.family_of(self)
+        meta = {"class": type(self).__name__, "family": family.name if family else None,
+                "target": f"{type(self).__module__}:{type(self).__qualname__}",
+                "format": registry.MODEL_FORMAT_VERSION, "params": self.get_params(),
+                "n_users": self.n_users_, "n_items": self.n_items_}
         m = getattr(self, "user_items_", None)
         if m is not None:
             arrays.update(seen_indptr=m.indptr, seen_indices=m.indices, seen_data=m.data)
@@ -216,15 +215,19 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Recommender:
-        """Load a model saved by :meth:`save`; the class is read from the file."""
+        """Load a model saved by :meth:`save`; the class is resolved from the file's family.
+
+        Works in a fresh process for every registered family (the family's module is
+        imported on demand by :mod:`recsys.models.registry`), whatever was imported before.
+        """
         try:
             z = load_npz(path)
             meta = json.loads(str(z.pop("__meta__")))
         except (OSError, ValueError, KeyError) as e:
             raise BundleError(f"{path} is not a recsys model file: {e}") from e
-        klass = _REGISTRY.get(meta["class"])
-        if klass is None or not issubclass(klass, cls):
-            raise BundleError(f"{path} holds a {meta['class']}, not a {cls.__name__}")
+        klass = registry.resolve_saved(meta, path)
+        if not issubclass(klass, cls):
+            raise BundleError(f"{path} holds a {klass.__name__}, not a {cls.__name__}")
         model = klass(**meta["params"])
         model.n_users_, model.n_items_ = meta["n_users"], meta["n_items"]
         if "seen_indptr" in z:
