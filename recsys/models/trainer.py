@@ -1,14 +1,13 @@
-"""The two-tower training loop: seeded batches, optimisers, early stopping, checkpoints.
+"""The two-tower training loop: optimisers, steps, early stopping, checkpoints.
 
 Kept apart from :mod:`recsys.models.two_tower` so the loop can be reused (and
 benchmarked against a hand-written one, ``benchmarks/bench_two_tower_throughput.py``)
-without the Recommender interface around it.
+without the Recommender interface around it. What it samples from and how it saves live
+in their own modules, re-exported here because callers import them from the loop:
+:class:`TrainData` (:mod:`recsys.models.two_tower_data`), :class:`PairBatches` and
+:func:`batch_device` (:mod:`recsys.models.pair_batches`), :func:`save_checkpoint` /
+:func:`load_checkpoint` (:mod:`recsys.models.checkpoint`).
 
-* **Batches** come from :class:`PairBatches`, an ``IterableDataset`` that yields whole
-  *global* batches of a permutation seeded by ``(seed, epoch)``; under data parallelism
-  each rank yields its contiguous slice of every global batch. Id-dropout masks and
-  uniform negatives are drawn from the same generator, so single- and multi-process runs
-  see exactly the same data (see :mod:`recsys.models.distributed`).
 * **Optimisers**: AdamW for dense parameters; id embeddings built with ``sparse=True``
   go to :class:`torch.optim.SparseAdam`, which only touches the rows of the batch (the
   only way a 10M-row table trains at GPU speed).
@@ -31,21 +30,20 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
-from recsys.errors import BundleError, ConfigError
-from recsys.io import atomic_path, read_json, write_json
+from recsys.errors import ConfigError
+from recsys.models.checkpoint import load_checkpoint, save_checkpoint
 from recsys.models.distributed import DistInfo, all_gather_with_grad, all_reduce_mean, wrap_model
-from recsys.models.losses import candidate_log_q, sampled_softmax_loss
 from recsys.models.ema import WeightAverage
+from recsys.models.losses import candidate_log_q, sampled_softmax_loss
+from recsys.models.pair_batches import PairBatches, batch_device
 from recsys.models.prefetch import prefetch
+from recsys.models.two_tower_data import TrainData
 
 log = logging.getLogger(__name__)
 
@@ -55,191 +53,6 @@ __all__ = ["PairBatches", "TrainData", "Trainer", "batch_device", "load_checkpoi
 Evaluate = Callable[[int], Mapping[str, float]]
 #: ``on_epoch(epoch, metrics)``: loss, samples/s and validation metrics of one epoch
 OnEpoch = Callable[[int, Mapping[str, float]], None]
-
-
-@dataclass
-class TrainData:
-    """Everything one epoch samples from, as numpy arrays on integer indices.
-
-    Attributes
-    ----------
-    users, items : int64 arrays (P,)
-        The training pairs (one row per interaction).
-    weights : float32 array (P,) or None
-        Per-pair loss weights; ``None`` weighs every pair 1.
-    histories : int64 array (n_users, N)
-        Each user's last ``N`` training items, ``-1`` left-padded (most recent last).
-    user_categorical : int64 array (n_users, C) or None
-    user_dense : float32 array (n_users, D) or None
-    n_items : int
-    """
-
-    users: np.ndarray
-    items: np.ndarray
-    weights: np.ndarray | None
-    histories: np.ndarray
-    user_categorical: np.ndarray | None
-    user_dense: np.ndarray | None
-    n_items: int
-
-    def item_counts(self) -> np.ndarray:
-        """Training pairs per item: the in-batch sampling frequency used by logQ."""
-        return np.bincount(self.items, minlength=self.n_items)
-
-
-class PairBatches(IterableDataset):
-    """Seeded global batches of training pairs; this rank's slice of each.
-
-    A batch is a dict of tensors: ``users``, ``items`` (this rank's rows), ``history``
-    (their histories with the target item masked out, so the model cannot learn to
-    "find the positive in the history", with *history dropout* thinned to a random
-    keep rate in ``[1 - history_dropout, 1]`` per row, and a ``short_history`` share of
-    rows cut to ``k ~ U{1..short_history_len}`` random items, so the tower also learns to
-    place users with short histories), ``items_global`` (every rank's positives, the
-    candidate ids), ``offset`` (where this rank's rows start), ``drop_user``/``drop_item``
-    (id-dropout masks), ``negatives`` (uniform negatives, possibly empty) and optionally
-    ``weight``, ``categorical``, ``dense``. The last incomplete batch is dropped so every
-    step has the same number of candidates (the logQ table assumes that).
-
-    ``device``: where the tables live and batches are drawn. On a GPU, drawing there (a
-    CUDA generator, gathers on the device) keeps the training thread free of host work and
-    copies; the batches are then reproducible per seed on that device type, not equal to
-    the CPU ones.
-    """
-
-    def __init__(
-        self,
-        data: TrainData,
-        batch_size: int,
-        seed: int,
-        *,
-        user_id_dropout: float = 0.0,
-        item_id_dropout: float = 0.0,
-        history_dropout: float = 0.0,
-        short_history: float = 0.0,
-        short_history_len: int = 10,
-        n_negatives: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        device: torch.device | str = "cpu",
-    ) -> None:
-        super().__init__()
-        self.device = dev = torch.device(device)
-        if batch_size % world_size:
-            raise ConfigError(f"batch_size {batch_size} must be divisible by the world size {world_size}")
-
-        def table(a: np.ndarray | None, dtype: type) -> torch.Tensor | None:
-            return None if a is None else torch.from_numpy(np.ascontiguousarray(a, dtype=dtype)).to(dev)
-
-        self.users, self.items = table(data.users, np.int64), table(data.items, np.int64)
-        self.weights = table(data.weights, np.float32)
-        self.histories = table(data.histories, np.int64)
-        self.categorical, self.dense = table(data.user_categorical, np.int64), table(data.user_dense, np.float32)
-        self.n_items = data.n_items
-        self.batch_size = min(batch_size, len(self.users) - len(self.users) % world_size)
-        if self.batch_size <= 0:
-            raise ConfigError(f"{len(self.users)} training pairs are too few for {world_size} processes")
-        self.seed, self.epoch = int(seed), 0
-        self.p_user, self.p_item, self.p_hist, self.n_negatives = user_id_dropout, item_id_dropout, history_dropout, n_negatives
-        self.p_short, self.short_len = short_history, short_history_len
-        self.rank, self.world_size = rank, world_size
-
-    def set_epoch(self, epoch: int) -> None:
-        """Choose the epoch (a new permutation per epoch, the same on every rank)."""
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.users) // self.batch_size
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        dev = self.device
-        g = torch.Generator(device=dev).manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(len(self.users), generator=g, device=dev)
-        gb = self.batch_size
-        b = gb // self.world_size
-        lo = self.rank * b
-        for start in range(0, len(self) * gb, gb):
-            idx = perm[start : start + gb]
-            drop_user = torch.rand(gb, generator=g, device=dev) < self.p_user
-            drop_item = torch.rand(gb, generator=g, device=dev) < self.p_item
-            negatives = torch.randint(self.n_items, (self.n_negatives,), generator=g, device=dev)
-            if self.p_hist > 0:  # per row keep rate r ~ U(1 - p, 1), then keep each item w.p. r
-                keep = 1.0 - self.p_hist * torch.rand(gb, 1, generator=g, device=dev)
-                hist_drop = (torch.rand(gb, self.histories.shape[1], generator=g, device=dev) >= keep)[lo : lo + b]
-            items_global = self.items[idx]
-            mine = idx[lo : lo + b]
-            users, items = self.users[mine], items_global[lo : lo + b]
-            history = self.histories[users]
-            history = history.masked_fill(history == items[:, None], -1)
-            if self.p_hist > 0:
-                history = history.masked_fill(hist_drop, -1)
-            if self.p_short > 0:  # these rows keep k ~ U{1..L} of their items, chosen at random
-                short = (torch.rand(gb, generator=g, device=dev) < self.p_short)[lo : lo + b]
-                k = torch.randint(1, self.short_len + 1, (gb,), generator=g, device=dev)[lo : lo + b]
-                u = torch.rand(gb, self.histories.shape[1], generator=g, device=dev)[lo : lo + b]
-                u = u.masked_fill(history < 0, 2.0)  # padding sorts last
-                kth = u.sort(1).values.gather(1, (k.clamp(max=u.shape[1]) - 1)[:, None])  # each row's k-th smallest draw
-                history = history.masked_fill(short[:, None] & (u > kth), -1)
-            batch = {
-                "users": users,
-                "items": items,
-                "items_global": items_global,
-                "offset": lo,
-                "history": history,
-                "drop_user": drop_user[lo : lo + b],
-                "drop_item": drop_item[lo : lo + b],
-                "negatives": negatives,
-            }
-            if self.weights is not None:
-                batch["weight"] = self.weights[mine]
-                batch["weight_total"] = self.weights[idx].sum()  # a tensor: no device sync per batch
-            if self.categorical is not None:
-                batch["categorical"] = self.categorical[users]
-            if self.dense is not None:
-                batch["dense"] = self.dense[users]
-            yield batch
-
-
-def batch_device(data: TrainData, device: torch.device, share: float = 0.25) -> torch.device:
-    """Where :class:`PairBatches` should draw batches for training on ``device``.
-
-    On a GPU, on the GPU itself when the pair and history tables take at most ``share`` of
-    its free memory, else on the host (pinned memory, a prefetch thread). Measured on an
-    H100 at 10M users x 2M items (``benchmarks/bench_two_tower_throughput.py``): host-built
-    batches 1.27M samples/s against 1.61M for a loop over pre-built batches (21% overhead);
-    with a prefetch thread 18%; drawn on the device 1.62M against 1.71M (4.8%).
-    """
-    if device.type != "cuda":
-        return torch.device("cpu")
-    arrays = (data.users, data.items, data.weights, data.histories, data.user_categorical, data.user_dense)
-    need = sum(8 * np.asarray(a).size for a in arrays if a is not None)
-    free, _ = torch.cuda.mem_get_info(device)
-    if need <= share * free:
-        return device
-    log.info("training tables (%.1f GiB) exceed %.0f%% of free GPU memory: batches are built on the host", need / 2**30, 100 * share)
-    return torch.device("cpu")
-
-
-def save_checkpoint(directory: str | os.PathLike, state_dict: Mapping[str, torch.Tensor], config: Mapping[str, Any]) -> None:
-    """Write ``model.pt`` (tensors only) and ``config.json`` into ``directory`` atomically."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu() for k, v in state_dict.items()}
-    with atomic_path(d / "model.pt") as tmp:
-        torch.save(tensors, tmp)
-    write_json(d / "config.json", dict(config))
-
-
-def load_checkpoint(directory: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs)."""
-    d = Path(directory)
-    if not (d / "model.pt").exists() or not (d / "config.json").exists():
-        raise BundleError(f"{d} is not a two-tower checkpoint (needs model.pt and config.json)")
-    try:
-        state = torch.load(d / "model.pt", map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError/RuntimeError for foreign or corrupt files
-        raise BundleError(f"{d / 'model.pt'} cannot be read as a tensor state dict: {e}") from e
-    return state, read_json(d / "config.json")
 
 
 class Trainer:
