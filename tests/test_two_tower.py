@@ -302,3 +302,13 @@ def test_ensemble_members_train_as_many_epochs_as_the_first_kept(data, tmp_path,
 def test_ensemble_below_one_is_refused():
     with pytest.raises(ConfigError, match="ensemble"):
         TwoTowerConfig(ensemble=0).validate()
+
+
+def test_importing_the_two_tower_model_and_its_inputs_pulls_in_no_torch():
+    # the registry imports TwoTower to read its parameters when a config is validated
+    import subprocess
+    import sys
+
+    code = "import sys, recsys.models.two_tower, recsys.models.two_tower_data; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False"]

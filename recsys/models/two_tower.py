@@ -22,6 +22,7 @@ no pickle), readable by :meth:`Recommender.load`; :meth:`save_checkpoint` /
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -31,27 +32,22 @@ import numpy as np
 import polars as pl
 import scipy.sparse as sp
 
+from recsys.device import resolve_device
 from recsys.errors import ConfigError, InputError
+from recsys.io import load_npz, save_npz
 from recsys.models.base import FactorModel
 from recsys.models.two_tower_config import TwoTowerConfig
+from recsys.models.two_tower_data import build_train_data, pad_histories, user_balance_weights
+
+# The torch-backed modules (towers, trainer, two_tower_net, checkpoint, distributed) are
+# imported inside the methods that need them, as torch itself is: importing this module
+# (the model registry does, to read TwoTower's parameters) must not import torch.
 
 log = logging.getLogger(__name__)
 
 __all__ = ["TwoTower", "TwoTowerConfig", "user_balance_weights"]
 
 _NET = "net."  # prefix of the net's tensors inside a saved .npz
-
-
-def user_balance_weights(users: np.ndarray, n_users: int, power: float) -> np.ndarray:
-    """Pair weights ``n_u ** -power`` (``n_u``: the pair's user's pair count), mean 1.
-
-    Per-pair training gives a user with 2,000 interactions 100 times the say of one with
-    20 in the shared towers, while ranking metrics average over users. ``power`` 0 keeps
-    that, 1 gives every user the same total weight; 0.25 measured best on latest-small
-    validation (NDCG@10 0.2119 vs 0.2036 at 0, 0.2040 at 0.5; see docs/two_tower.md).
-    """
-    f = np.bincount(users, minlength=n_users)[users].astype(np.float64) ** -float(power)
-    return (f / f.mean()).astype(np.float32)
 
 
 class TwoTower(FactorModel):
@@ -115,44 +111,24 @@ class TwoTower(FactorModel):
         checkpoint_dir : path, optional
             Where the best weights are checkpointed during training.
         """
-        import torch
+        import torch  # lazy, as the torch-backed modules below: see the note after the imports
 
-        from recsys.data.interactions import user_histories
-        from recsys.device import resolve_device
         from recsys.models.distributed import DistInfo
-        from recsys.models.trainer import TrainData, Trainer
+        from recsys.models.trainer import Trainer
+        from recsys.models.two_tower_net import arch_from, build_member
 
         cfg = self.config
         cfg.validate()
         n_users, n_items = user_items.shape
-        if pairs is None:
-            coo = user_items.tocoo()
-            pairs = pl.DataFrame({"user_idx": coo.row, "item_idx": coo.col, "weight": coo.data})
-        missing = {"user_idx", "item_idx"} - set(pairs.columns)
-        if missing:
-            raise InputError(f"pairs is missing columns {sorted(missing)}")
-        if pairs.height == 0:
-            raise InputError("no training pairs: the train split is empty")
-        u, it = pairs["user_idx"].to_numpy().astype(np.int64), pairs["item_idx"].to_numpy().astype(np.int64)
-        if u.min() < 0 or u.max() >= n_users or it.min() < 0 or it.max() >= n_items:
-            raise InputError(f"pairs hold indices outside the matrix shape {user_items.shape}")
-        weights = None
-        if cfg.use_weights and "weight" in pairs.columns:
-            weights = pairs["weight"].to_numpy().astype(np.float32)
-        if cfg.user_balance > 0:
-            f = user_balance_weights(u, n_users, cfg.user_balance)
-            weights = f if weights is None else weights * f
-        hist, _ = user_histories(pairs, n_users, cfg.history_len)
-        self._arch = self._arch_from(n_users, n_items, item_features, user_categorical, user_dense)
-        self.histories_ = hist
-        self.user_categorical_ = _opt_array(user_categorical, np.int64, n_users, "user_categorical")
-        self.user_dense_ = _opt_array(user_dense, np.float32, n_users, "user_dense")
-        self.item_counts_ = np.bincount(it, minlength=n_items).astype(np.int64)
+        data = build_train_data(user_items, pairs, cfg, user_categorical, user_dense)
+        self._arch = arch_from(n_users, n_items, item_features, user_categorical, user_dense)
+        self.histories_ = data.histories
+        self.user_categorical_, self.user_dense_ = data.user_categorical, data.user_dense
+        self.item_counts_ = data.item_counts().astype(np.int64)
         self.user_items_ = user_items
         self.device_ = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
-        self.net_ = self._build_member(item_features).to(self.device_)  # member 0: validated, early-stopped
-        data = TrainData(u, it, weights, hist, self.user_categorical_, self.user_dense_, n_items)
+        self.net_ = build_member(self._arch, cfg, item_features).to(self.device_)  # member 0: validated, early-stopped
         trainer = Trainer(self.net_, cfg, self.device_, DistInfo.current())
         evaluate = None
         if validation is not None:
@@ -172,65 +148,21 @@ class TwoTower(FactorModel):
 
     def _fit_other_members(self, data: Any, item_features: Any, epochs: int) -> None:
         """Members 1..K-1: seeds ``seed + j``, as many epochs as member 0 kept; then one net."""
-        import torch
+        import torch  # lazy, as the torch-backed modules below: see the note after the imports
 
         from recsys.models.distributed import DistInfo
         from recsys.models.towers import EnsembleNet
         from recsys.models.trainer import Trainer
+        from recsys.models.two_tower_net import build_member
 
         members = [self.net_]
         for j in range(1, self.ensemble):
             cfg = dataclasses.replace(self.config, seed=self.seed + j, epochs=epochs, patience=None)
             torch.manual_seed(cfg.seed)
-            members.append(self._build_member(item_features).to(self.device_))
+            members.append(build_member(self._arch, self.config, item_features).to(self.device_))
             log.info("two-tower ensemble: member %d/%d, %d epochs", j + 1, self.ensemble, epochs)
             Trainer(members[-1], cfg, self.device_, DistInfo.current()).fit(data, show_progress=cfg.show_progress)
         self.net_ = EnsembleNet(members)
-
-    @staticmethod
-    def _arch_from(n_users: int, n_items: int, item_features: Any, cat: Any, dense: Any) -> dict[str, Any]:
-        f = None if item_features is None else np.asarray(item_features)
-        if f is not None and (f.ndim != 2 or f.shape[0] != n_items or not np.isfinite(f).all()):
-            raise InputError(f"item_features must be a finite float array of shape ({n_items}, F), got {f.shape}")
-        c = None if cat is None else np.asarray(cat)
-        if c is not None and c.dtype.kind not in "iu":
-            raise InputError(f"user_categorical must hold integers (-1 = unknown), got dtype {c.dtype}")
-        return {
-            "n_users": int(n_users),
-            "n_items": int(n_items),
-            "item_feature_dim": 0 if f is None else int(f.shape[1]),
-            "cat_cardinalities": [] if c is None else [int(c[:, j].max(initial=-1)) + 1 for j in range(c.shape[1])],
-            "dense_dim": 0 if dense is None else int(np.asarray(dense).shape[1]),
-        }
-
-    def _build_net(self, item_features: np.ndarray | None) -> Any:
-        """The inference net: one :class:`TwoTowerNet`, or an ``EnsembleNet`` of ``ensemble``."""
-        from recsys.models.towers import EnsembleNet
-
-        if self.ensemble == 1:
-            return self._build_member(item_features)
-        return EnsembleNet([self._build_member(item_features) for _ in range(self.ensemble)])
-
-    def _build_member(self, item_features: np.ndarray | None) -> Any:
-        import torch
-
-        from recsys.models.towers import ItemTower, TwoTowerNet, UserTower
-
-        a, c = self._arch, self.config
-        feats = None
-        if a["item_feature_dim"]:
-            src = np.zeros((a["n_items"], a["item_feature_dim"]), np.float32) if item_features is None else item_features
-            feats = torch.as_tensor(np.asarray(src, np.float32))
-        user = UserTower(
-            a["n_users"], a["n_items"], c.dim, id_dim=c.user_id_dim, history_dim=c.history_dim, history_len=c.history_len,
-            pooling=c.pooling, cat_cardinalities=a["cat_cardinalities"], dense_dim=a["dense_dim"], hidden=c.hidden,
-            dropout=c.dropout, normalize=c.normalize, sparse=c.sparse,
-        )  # fmt: skip
-        item = ItemTower(
-            a["n_items"], c.dim, id_dim=c.item_id_dim, features=feats, hidden=c.hidden, dropout=c.dropout,
-            normalize=c.normalize, sparse=c.sparse,
-        )  # fmt: skip
-        return TwoTowerNet(user, item)
 
     # -- inference -------------------------------------------------------------------------
     def _check_net(self) -> None:
@@ -246,45 +178,17 @@ class TwoTower(FactorModel):
         drop = self.item_counts_ == 0 if self._arch["item_feature_dim"] else None  # untrained ids: content only
         self.item_factors_ = self._item_vectors(np.arange(self._arch["n_items"]), None, drop, batch_size)
 
-    def _run(self, fn: Callable[..., Any], n: int, batch_size: int = 4096) -> np.ndarray:
-        import torch
-
-        self.net_.eval()
-        out = []
-        with torch.inference_mode():
-            for s in range(0, n, batch_size):
-                out.append(fn(slice(s, s + batch_size)).float().cpu().numpy())
-        d = self.config.dim * self.config.ensemble
-        return np.ascontiguousarray(np.concatenate(out) if out else np.zeros((0, d)), dtype=np.float32)
-
     def _user_vectors(self, users: np.ndarray | None, hist: np.ndarray, cat: Any, dense: Any, drop_id: bool) -> np.ndarray:
-        import torch
+        from recsys.models.two_tower_net import encode_users  # torch: see the note after the imports
 
-        dev = self.device_
-
-        def t(x: Any, s: slice, dtype: Any) -> Any:
-            return None if x is None else torch.as_tensor(np.asarray(x)[s], dtype=dtype, device=dev)
-
-        def fn(s: slice) -> Any:
-            return self.net_.user_tower(
-                None if drop_id or users is None else t(users, s, torch.int64),
-                t(hist, s, torch.int64), t(cat, s, torch.int64), t(dense, s, torch.float32), drop_id or None,
-            )  # fmt: skip
-
-        return self._run(fn, len(hist))
+        width = self.config.dim * self.config.ensemble
+        return encode_users(self.net_, self.device_, width, users, hist, cat, dense, drop_id)
 
     def _item_vectors(self, items: np.ndarray, feats: np.ndarray | None, drop: Any, batch_size: int = 4096) -> np.ndarray:
-        import torch
+        from recsys.models.two_tower_net import encode_items  # torch: see the note after the imports
 
-        dev = self.device_
-
-        def fn(s: slice) -> Any:
-            ids = torch.as_tensor(items[s], dtype=torch.int64, device=dev)
-            d = drop if isinstance(drop, bool) or drop is None else torch.as_tensor(drop[s], device=dev)
-            f = None if feats is None else torch.as_tensor(feats[s], dtype=torch.float32, device=dev)
-            return self.net_.item_tower(ids, d, f)
-
-        return self._run(fn, len(items), batch_size)
+        width = self.config.dim * self.config.ensemble
+        return encode_items(self.net_, self.device_, width, items, feats, drop, batch_size)
 
     def item_vectors(self, item_features: np.ndarray | None = None, drop_ids: bool = False) -> np.ndarray:
         """Item vectors ``(n, dim)`` float32 from the item tower.
@@ -329,7 +233,7 @@ class TwoTower(FactorModel):
         self._check_net()
         if not self.config.history_dim:
             raise InputError("this model was built without history pooling (history_dim=0); it cannot fold in users")
-        hist = _pad_histories(histories, self.config.history_len, self._arch["n_items"])
+        hist = pad_histories(histories, self.config.history_len, self._arch["n_items"])
         for name, x in (("user_categorical", user_categorical), ("user_dense", user_dense)):
             if x is not None and len(x) != len(hist):
                 raise InputError(f"{name} has {len(x)} rows for {len(hist)} histories")
@@ -355,8 +259,6 @@ class TwoTower(FactorModel):
 
     def save(self, path: str | os.PathLike) -> None:
         """One ``.npz``: factors, histories, the net's tensors and the architecture (no pickle)."""
-        import json
-
         self._check_net()
         extra = {_NET + k: v.detach().cpu().numpy() for k, v in self.net_.state_dict().items()}
         extra[_NET + "__arch__"] = np.array(json.dumps(self._arch))
@@ -368,11 +270,7 @@ class TwoTower(FactorModel):
                 del self.__dict__[k]
 
     def _after_load(self) -> None:
-        import json
-
-        import torch
-
-        from recsys.device import resolve_device
+        import torch  # lazy: see the note after the imports
 
         arrays = {k[len(_NET) :]: self.__dict__.pop(k) for k in list(self.__dict__) if k.startswith(_NET)}
         self._arch = json.loads(str(arrays.pop("__arch__")))
@@ -381,15 +279,16 @@ class TwoTower(FactorModel):
         self._load_state({k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}, resolve_device("cpu"))
 
     def _load_state(self, state: Mapping[str, Any], device: Any) -> None:
+        from recsys.models.two_tower_net import build_net  # torch: see the note after the imports
+
         self.device_ = device
-        self.net_ = self._build_net(None).to(device)
+        self.net_ = build_net(self._arch, self.config, None).to(device)
         self.net_.load_state_dict(state)
         self.net_.eval()
 
     def save_checkpoint(self, directory: str | os.PathLike) -> None:
         """Trainer-format checkpoint: ``model.pt`` (tensor state dict) + ``config.json``."""
-        from recsys.io import save_npz
-        from recsys.models.trainer import save_checkpoint
+        from recsys.models.checkpoint import save_checkpoint  # torch: see the note after the imports
 
         self._check_net()
         save_checkpoint(directory, self.net_.state_dict(), {"config": self.get_params(), "arch": self._arch})
@@ -403,9 +302,7 @@ class TwoTower(FactorModel):
     @classmethod
     def load_checkpoint(cls, directory: str | os.PathLike, device: str = "cpu") -> TwoTower:
         """Rebuild a fitted model from :meth:`save_checkpoint` output (vectors recomputed)."""
-        from recsys.device import resolve_device
-        from recsys.io import load_npz
-        from recsys.models.trainer import load_checkpoint
+        from recsys.models.checkpoint import load_checkpoint  # torch: see the note after the imports
 
         state, meta = load_checkpoint(directory)
         model = cls(**{k: v for k, v in meta["config"].items() if k != "epoch"})
@@ -421,30 +318,3 @@ class TwoTower(FactorModel):
         model._load_state(state, resolve_device(device))
         model._export()
         return model
-
-
-def _opt_array(x: Any, dtype: Any, n: int, name: str) -> np.ndarray | None:
-    if x is None:
-        return None
-    a = np.asarray(x, dtype=dtype)
-    if a.ndim != 2 or a.shape[0] != n:
-        raise InputError(f"{name} must have shape ({n}, k), got {a.shape}")
-    return a
-
-
-def _pad_histories(histories: Any, max_len: int, n_items: int) -> np.ndarray:
-    """``-1``-left-padded ``(n, max_len)`` int64 matrix of each history's last items."""
-    if isinstance(histories, np.ndarray) and histories.ndim == 2:
-        rows = [r[r >= 0] for r in histories]
-    else:
-        rows = [np.asarray(h).ravel() for h in histories]
-    out = np.full((len(rows), max_len), -1, np.int64)
-    for i, r in enumerate(rows):
-        if r.size and r.dtype.kind not in "iu":
-            raise InputError(f"history {i} holds non-integer item indices (dtype {r.dtype})")
-        r = r.astype(np.int64)[-max_len:]
-        if r.size and (r.min() < 0 or r.max() >= n_items):
-            raise InputError(f"history {i} holds item indices outside [0, {n_items})")
-        if r.size:
-            out[i, max_len - r.size :] = r
-    return out
