@@ -106,15 +106,15 @@ def test_tuning_raises_search_k_until_the_threshold_and_never_lowers_recall():
 def test_seeded_single_threaded_builds_are_identical(tmp_path):
     items, _ = _vectors(n=1000)
     for name in ("a.ann", "b.ann"):
-        AnnoyIndex("dot", n_trees=5, seed=7, n_jobs=1).build(items).save(tmp_path / name)
+        AnnoyIndex("dot", n_trees=5, seed=7, n_jobs=1).build(items).save_file(tmp_path / name)
     assert (tmp_path / "a.ann").read_bytes() == (tmp_path / "b.ann").read_bytes()
 
 
 def test_loading_with_mismatched_vectors_is_refused(tmp_path):
     items, _ = _vectors(n=1000)
-    AnnoyIndex("dot", n_trees=3, n_jobs=1).build(items).save(tmp_path / "x.ann")
+    entry = AnnoyIndex("dot", n_trees=3, n_jobs=1).build(items).save(tmp_path)
     with pytest.raises(BundleError, match="different exports"):
-        AnnoyIndex.load(tmp_path / "x.ann", items[:500], "dot")
+        AnnoyIndex.load(tmp_path, entry, items[:500], "dot")
 
 
 def test_sample_queries_is_seeded():

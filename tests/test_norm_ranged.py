@@ -115,17 +115,19 @@ def test_excluded_items_never_come_back_and_allow_lists_hold(ranged, skewed):
 def test_saved_ranges_load_memory_mapped_with_the_same_answers(ranged, skewed, tmp_path):
     items, users, _ = skewed
     ranged.search_k = 1500
-    spec = ranged.save(tmp_path)
+    entry = ranged.save(tmp_path)
+    spec = entry["ranges"]
     assert spec["files"] == [f"index-{r:02d}.ann" for r in range(4)] and (tmp_path / spec["order_file"]).is_file()
-    assert spec["exact_range_max"] == 0
-    back = NormRangedAnnoyIndex.load(tmp_path, spec, items, n_trees=10, search_k=1500)
+    assert spec["exact_range_max"] == 0 and entry["files"] == [*spec["files"], spec["order_file"]]
+    assert entry["search_k"] == 1500 and entry["n_trees"] == 10
+    back = NormRangedAnnoyIndex.load(tmp_path, entry, items)
     for a, b in zip(ranged.query(users[:30], 100), back.query(users[:30], 100)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(BundleError, match="do not fit"):
-        NormRangedAnnoyIndex.load(tmp_path, spec, items[:-1])
+        NormRangedAnnoyIndex.load(tmp_path, entry, items[:-1])
     np.save(tmp_path / spec["order_file"], np.zeros(len(items), np.int64))
     with pytest.raises(BundleError, match="not a permutation"):
-        NormRangedAnnoyIndex.load(tmp_path, spec, items)
+        NormRangedAnnoyIndex.load(tmp_path, entry, items)
 
 
 def test_gate_halves_a_passing_start_to_the_cheapest_search_k_that_still_passes(ranged, skewed):
@@ -248,12 +250,13 @@ def test_narrow_norm_ranges_get_plain_angular_forests_and_wide_ones_keep_the_tra
     np.testing.assert_allclose(scores, np.einsum("ukd,ud->uk", items[ids], users[:50]), rtol=1e-5, atol=1e-6)
     truth = exact_topk(items, users[:50], 100, "dot")
     assert recall_at_k(ix, users[:50], truth, 100) >= 0.9
-    spec = ix.save(tmp_path)
-    assert spec["transforms"] == ix.transforms_
-    back = NormRangedAnnoyIndex.load(tmp_path, spec, items, n_trees=10, search_k=800)
+    entry = ix.save(tmp_path)
+    assert entry["ranges"]["transforms"] == ix.transforms_
+    back = NormRangedAnnoyIndex.load(tmp_path, entry, items)
     np.testing.assert_array_equal(back.query(users[:50], 100)[0], ids)
     with pytest.raises(BundleError, match="transforms"):
-        NormRangedAnnoyIndex.load(tmp_path, {**spec, "transforms": ["angular"] * 2}, items)
+        NormRangedAnnoyIndex.load(tmp_path, {**entry, "ranges": {**entry["ranges"], "transforms": ["angular"] * 2}},
+                                  items)
 
 
 def test_ranges_saved_without_transforms_load_as_augmented_forests(skewed, tmp_path):
@@ -262,9 +265,9 @@ def test_ranges_saved_without_transforms_load_as_augmented_forests(skewed, tmp_p
     old = NormRangedAnnoyIndex(n_ranges=4, min_range=2500, exact_range_max=0, n_trees=10, n_jobs=1,
                                angular_max_ratio=0.0, search_k=1000).build(items)
     assert set(old.transforms_) == {"mips"}
-    spec = old.save(tmp_path)
-    del spec["transforms"]
-    back = NormRangedAnnoyIndex.load(tmp_path, spec, items, n_trees=10, search_k=1000)
+    entry = old.save(tmp_path)
+    del entry["ranges"]["transforms"]
+    back = NormRangedAnnoyIndex.load(tmp_path, entry, items)
     assert back.transforms_ == ["mips"] * 4
     for a, b in zip(old.query(users[:30], 100), back.query(users[:30], 100)):
         np.testing.assert_array_equal(a, b)

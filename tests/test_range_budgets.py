@@ -132,14 +132,14 @@ def test_only_blocked_items_that_could_reach_the_top_raise_the_fetch(skewed):
 def test_per_range_budgets_survive_save_and_load_and_a_bad_list_is_refused(ranged, skewed, tmp_path):
     items, users, _ = skewed
     ranged.range_search_k = [100, 900, 300, 100, 100]
-    spec = ranged.save(tmp_path)
-    assert spec["search_k"] == [100, 900, 300, 100, 100]
-    back = NormRangedAnnoyIndex.load(tmp_path, spec, items, n_trees=10)
+    entry = ranged.save(tmp_path)
+    assert entry["ranges"]["search_k"] == [100, 900, 300, 100, 100]
+    back = NormRangedAnnoyIndex.load(tmp_path, entry, items)
     assert back.range_search_k == [100, 900, 300, 100, 100]
     for a, b in zip(ranged.query(users[:20], 100), back.query(users[:20], 100)):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(BundleError, match="per-range search_k"):
-        NormRangedAnnoyIndex.load(tmp_path, {**spec, "search_k": [100, 300]}, items)
+        NormRangedAnnoyIndex.load(tmp_path, {**entry, "ranges": {**entry["ranges"], "search_k": [100, 300]}}, items)
 
 
 def test_bundle_gate_records_and_serves_the_per_range_budgets(skewed, tmp_path):

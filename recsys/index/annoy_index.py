@@ -14,8 +14,12 @@ scores are the model's similarity and the order among returned items is exact. F
 (excluded items, allow-lists) are applied by over-fetching candidates; an allow-list small
 enough to scan is searched exactly instead.
 
-The ``.ann`` file records neither metric nor dimension: the caller (the bundle manifest)
-must keep ``metric``, ``dim`` and ``transform`` and pass them to :meth:`AnnoyIndex.load`.
+The ``.ann`` file records neither metric nor dimension: the manifest entry that
+:meth:`AnnoyIndex.save` returns keeps ``metric``, ``annoy_dim`` and ``transform``, and
+:meth:`AnnoyIndex.load` checks them. ``AnnoyIndex`` is the registered ``"annoy"`` backend
+(:mod:`recsys.index.registry`) for both layouts: :meth:`AnnoyIndex.create` picks norm ranges
+(:mod:`recsys.index.norm_ranged`) for dot models with a catalogue big enough to cut, and
+:meth:`AnnoyIndex.load` reads either from its manifest entry.
 """
 
 from __future__ import annotations
@@ -23,56 +27,22 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import annoy
 import numpy as np
-from tqdm.auto import tqdm
 
 from recsys.errors import BundleError, InputError
+from recsys.index.annoy_forest import augment_inner_product, build_forest, scaled_search_k
 from recsys.index.base import VectorIndex, check_k, check_similarity, check_vectors, normalize_rows
+from recsys.index.norm_ranged import NormRangedAnnoyIndex, range_bounds
 
 log = logging.getLogger(__name__)
 
 METRICS = ("angular", "dot")
-
-
-def augment_inner_product(vectors: np.ndarray) -> tuple[float, np.ndarray]:
-    """MIPS -> angular transform: append ``sqrt(M^2 - |x|^2)`` to every row.
-
-    Returns ``(M, augmented)``. Rounding can make ``M^2 - |x|^2`` slightly negative for
-    the longest rows, which would give NaN; it is clipped at zero.
-    """
-    norms = np.linalg.norm(vectors.astype(np.float64), axis=1)
-    max_norm = float(norms.max()) if len(norms) else 0.0
-    extra = np.sqrt(np.clip(max_norm**2 - norms**2, 0.0, None)).astype(np.float32)
-    return max_norm, np.hstack([vectors, extra[:, None]]).astype(np.float32)
-
-
-def build_forest(data: np.ndarray, metric: str, n_trees: int, seed: int, n_jobs: int = -1) -> annoy.AnnoyIndex:
-    """An in-memory Annoy forest over the rows of ``data`` (row ``i`` is item ``i``).
-
-    ``set_seed`` is called before any item is added: Annoy draws its split points when
-    the trees are built, from the seed it holds then.
-    """
-    ann = annoy.AnnoyIndex(data.shape[1], metric)
-    ann.set_seed(seed)
-    for i in tqdm(range(len(data)), desc="annoy add", disable=True if len(data) < 200_000 else None, mininterval=5):
-        ann.add_item(i, data[i])
-    ann.build(n_trees, n_jobs=n_jobs)
-    return ann
-
-
-def scaled_search_k(search_k: int, n: int, search_k_ref: int) -> int:
-    """``search_k`` for ``n`` results when it was tuned for ``search_k_ref`` results.
-
-    Queries that over-fetch (to make room for excluded items) scale the budget with the
-    result count, so filtering does not lower their recall.
-    """
-    if search_k > 0 and n > search_k_ref:
-        return int(math.ceil(search_k * n / search_k_ref))
-    return search_k
+INDEX_FILE = "index.ann"
 
 
 class AnnoyIndex(VectorIndex):
@@ -101,6 +71,8 @@ class AnnoyIndex(VectorIndex):
     """
 
     kind = "annoy"
+    backend = "annoy"
+    effort_name = "search_k"
 
     def __init__(
         self,
@@ -148,7 +120,25 @@ class AnnoyIndex(VectorIndex):
                  data.shape[1] - self.dim, self.n_trees, self.metric)
         return self
 
-    def save(self, path: str | os.PathLike) -> None:
+    @classmethod
+    def create(cls, similarity: str, n_items: int, settings: Mapping[str, Any]) -> AnnoyIndex | NormRangedAnnoyIndex:
+        """Norm ranges for dot models whose catalogue is big enough to cut, else one forest.
+
+        Reads the ``[index]`` keys ``n_trees``, ``search_k``, ``seed``, ``recall_k``,
+        ``metric``, ``n_jobs``, ``norm_ranges``, ``norm_range_min`` and
+        ``norm_range_exact_max`` (defaults as in the constructors).
+        """
+        s = dict(settings)
+        common = {"n_trees": s.get("n_trees", 50), "search_k": s.get("search_k", -1), "seed": s.get("seed", 42),
+                  "search_k_ref": s.get("recall_k", 100), "n_jobs": s.get("n_jobs", -1)}
+        metric, n_ranges, min_range = s.get("metric", "angular"), s.get("norm_ranges", 8), s.get("norm_range_min", 1_000)
+        if (similarity == "dot" and metric == "angular" and n_ranges > 1
+                and len(range_bounds(n_items, n_ranges, min_range)) > 2):
+            return NormRangedAnnoyIndex(n_ranges=n_ranges, min_range=min_range,
+                                        exact_range_max=s.get("norm_range_exact_max", 8_192), **common)
+        return cls(similarity, metric=metric, **common)
+
+    def save_file(self, path: str | os.PathLike) -> None:
         """Write the ``.ann`` file. Never call this on a path a live process has mapped.
 
         Overwriting a memory-mapped ``.ann`` in place kills its readers with SIGBUS
@@ -159,12 +149,46 @@ class AnnoyIndex(VectorIndex):
         if not self._ann.save(os.fspath(path)):
             raise OSError(f"annoy could not save the index to {path}")
 
+    def save(self, directory: str | os.PathLike) -> dict[str, Any]:
+        """Write :data:`INDEX_FILE` into ``directory``; return the manifest entry."""
+        self.save_file(Path(directory) / INDEX_FILE)
+        return {"backend": self.backend, "file": INDEX_FILE, "files": [INDEX_FILE], "metric": self.metric,
+                "transform": self.transform, "annoy_dim": self.annoy_dim, "n_trees": self.n_trees,
+                "search_k": self.search_k, "search_k_ref": self.search_k_ref, "seed": self.seed}
+
     def unload(self) -> None:
         """Release the forest's memory (or its file mapping); the index is unusable after."""
         self._ann.unload()
 
     @classmethod
-    def load(
+    def load(cls, directory: str | os.PathLike, entry: Mapping[str, Any], vectors: np.ndarray, similarity: str, *,
+             prefault: bool = False, search_threads: int = 1) -> AnnoyIndex | NormRangedAnnoyIndex:
+        """Memory-map the forest(s) a manifest entry names, with its metric and dimension.
+
+        ``search_threads`` > 1 lets one query search a norm-ranged index's forests in
+        parallel (:mod:`recsys.index.lanes`); a single forest has nothing to split.
+        """
+        if entry.get("ranges"):
+            return NormRangedAnnoyIndex.load(directory, entry, vectors, similarity, prefault=prefault,
+                                             search_threads=search_threads)
+        index = cls.load_file(Path(directory) / (entry.get("file") or INDEX_FILE), vectors, similarity,
+                              metric=entry["metric"], n_trees=entry["n_trees"], search_k=entry["search_k"],
+                              seed=entry["seed"], search_k_ref=entry["search_k_ref"], prefault=prefault)
+        if index.transform != entry["transform"] or index.annoy_dim != entry["annoy_dim"]:
+            raise BundleError(f"{directory}: manifest transform {entry['transform']!r}/dim {entry['annoy_dim']} does "
+                              f"not match {index.transform!r}/{index.annoy_dim}; the bundle was written by another "
+                              "recsys version")
+        return index
+
+    @classmethod
+    def entry_files(cls, entry: Mapping[str, Any]) -> list[str]:
+        """``index.ann``, or one file per norm range plus the norm order (older entries have no ``files``)."""
+        if entry.get("ranges"):
+            return [*entry["ranges"]["files"], entry["ranges"]["order_file"]]
+        return [entry.get("file") or INDEX_FILE]
+
+    @classmethod
+    def load_file(
         cls,
         path: str | os.PathLike,
         vectors: np.ndarray,
@@ -176,7 +200,7 @@ class AnnoyIndex(VectorIndex):
         search_k_ref: int = 100,
         prefault: bool = False,
     ) -> AnnoyIndex:
-        """Memory-map a saved ``.ann``; ``vectors`` are the original item vectors.
+        """Memory-map one saved ``.ann``; ``vectors`` are the original item vectors.
 
         Metric and dimension are not stored in the file, so they come from the caller;
         the item count and dimension are cross-checked against ``vectors``.
@@ -198,6 +222,15 @@ class AnnoyIndex(VectorIndex):
         idx._ann = ann
         idx.max_norm_ = 0.0
         return idx
+
+    def effort_bounds(self, k: int) -> tuple[int, int]:
+        """``n_trees * k`` (Annoy's own default for k results) up to ``n_trees * n_items``.
+
+        At the cap Annoy inspects every leaf of every tree. Twice the item count is not
+        enough: candidates are counted with their duplicates across trees, and real MF
+        vectors (very skewed norms) needed about 5x on MovieLens.
+        """
+        return self.n_trees * k, self.n_trees * self.n_items
 
     # -- search ------------------------------------------------------------------------
     def _annoy_query(self, q: np.ndarray) -> list[float]:

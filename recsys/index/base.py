@@ -1,4 +1,4 @@
-"""The vector-index interface shared by exact and approximate search.
+"""The index contract: what every search backend (exact, Annoy, faiss ...) provides.
 
 An index answers "which items have the highest score for this query vector?" on
 contiguous int item indices. Scores are always the *model's* similarity (inner product
@@ -9,12 +9,33 @@ anything but speed and recall.
 Like the models, :meth:`VectorIndex.query` returns ``(ids, scores)`` as int64 and
 float32 arrays, 1-D for one query vector and 2-D for many; slots that cannot be filled
 (fewer allowed items than ``k``) hold ``-1`` / ``-inf``.
+
+The contract (:class:`VectorIndex`), so that a backend is one module plus one line in
+:mod:`recsys.index.registry` and nothing above the index layer names it:
+
+* :meth:`~VectorIndex.create` a new index from the ``[index]`` settings, then
+  :meth:`~VectorIndex.build` it over item vectors;
+* :meth:`~VectorIndex.query` with filters: per-query block-lists and a shared allow-list
+  are honoured exactly, whatever the backend;
+* :meth:`~VectorIndex.save` writes the backend's files into a fresh directory and returns
+  its manifest entry (JSON, with ``backend`` and ``files``); :meth:`~VectorIndex.load`
+  reads them back from that entry plus the item vectors (which every bundle stores once,
+  for exact re-scoring). Checksums of the files are the bundle's job
+  (:mod:`recsys.serving.reader` verifies them before :meth:`~VectorIndex.load` runs);
+* a measured recall gate: :attr:`~VectorIndex.effort_name` names the one search-effort
+  knob (Annoy ``search_k``, HNSW ``ef_search``) that
+  :func:`recsys.index.recall.tune_search_k` lowers to the cheapest value whose recall@K
+  against exact search passes, and :meth:`~VectorIndex.refine` may spend a second pass
+  (Annoy's per-norm-range budgets).
+
+The tests of ``tests/test_index_contract.py`` run against every registered backend.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -77,8 +98,12 @@ class VectorIndex(abc.ABC):
         The model's similarity; ``"cosine"`` vectors are normalised at build time.
     """
 
-    #: short backend name recorded in manifests and benchmark tables
+    #: short name of this index class in logs and benchmark tables
     kind: str = "base"
+    #: registry name (:mod:`recsys.index.registry`) recorded in the manifest entry
+    backend: str = "base"
+    #: attribute the recall gate tunes (cost against recall); None: nothing to tune
+    effort_name: str | None = None
 
     def __init__(self, similarity: str = "dot") -> None:
         self.similarity = check_similarity(similarity)
@@ -120,9 +145,59 @@ class VectorIndex(abc.ABC):
         return ExactIndex.from_prepared(self.vectors_, "dot")._search(queries, k, exclude, allowed)
 
     # -- interface ---------------------------------------------------------------------
+    @classmethod
+    def create(cls, similarity: str, n_items: int, settings: Mapping[str, Any]) -> VectorIndex:
+        """A new, unbuilt index for ``n_items`` vectors from the ``[index]`` settings.
+
+        ``settings`` is the whole section as a mapping (``IndexConfig`` fields); each
+        backend reads the keys it knows. The catalogue size is given because a backend
+        may pick its layout from it (Annoy: norm ranges only when there is enough to cut).
+        """
+        return cls(similarity)
+
     @abc.abstractmethod
     def build(self, vectors: Any) -> VectorIndex:
         """Index ``vectors`` (n_items, dim); row ``i`` gets item index ``i``. Returns self."""
+
+    @abc.abstractmethod
+    def save(self, directory: str | os.PathLike) -> dict[str, Any]:
+        """Write the index files into ``directory`` and return the manifest entry.
+
+        The entry is JSON: ``backend`` (the registry name), ``files`` (every file
+        written, for the bundle's checksums) and whatever :meth:`load` needs. Never
+        save into a directory a live process has memory-mapped: the bundle writes each
+        export into a new one.
+        """
+
+    @classmethod
+    @abc.abstractmethod
+    def load(cls, directory: str | os.PathLike, entry: Mapping[str, Any], vectors: np.ndarray, similarity: str, *,
+             prefault: bool = False, search_threads: int = 1) -> VectorIndex:
+        """Read what :meth:`save` wrote; ``vectors`` are the original item vectors.
+
+        Raises :class:`~recsys.errors.BundleError` when the files do not fit the entry
+        or the vectors.
+        """
+
+    @classmethod
+    def entry_files(cls, entry: Mapping[str, Any]) -> list[str]:
+        """The files a manifest entry names (the bundle checks they are there)."""
+        return [str(f) for f in entry.get("files", [])]
+
+    def effort_bounds(self, k: int) -> tuple[int, int]:
+        """Default first and largest value of :attr:`effort_name` for results of ``k`` items."""
+        raise NotImplementedError(f"{type(self).__name__} has no search effort to tune")
+
+    def refine(self, queries: np.ndarray, truth: np.ndarray, k: int, threshold: float) -> Any:
+        """A second tuning pass after the gate's one passing effort; None: nothing to refine.
+
+        Returns a :class:`~recsys.index.recall.TuneResult` (applied to the index only if
+        it passed).
+        """
+        return None
+
+    def unload(self) -> None:
+        """Release memory and file mappings; the index is unusable after. Default: nothing held."""
 
     @abc.abstractmethod
     def _search(

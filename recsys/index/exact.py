@@ -8,12 +8,14 @@ close to BLAS speed for batches. It is also what the recall gate compares Annoy 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from recsys.index.base import VectorIndex
+from recsys.errors import BundleError
+from recsys.index.base import VectorIndex, check_similarity, check_vectors, normalize_rows
 from recsys.models.base import topk
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,7 @@ class ExactIndex(VectorIndex):
     """
 
     kind = "exact"
+    backend = "exact"
 
     def __init__(self, similarity: str = "dot", max_batch_floats: int = 1 << 25) -> None:
         super().__init__(similarity)
@@ -40,6 +43,21 @@ class ExactIndex(VectorIndex):
         """Keep the (validated, for cosine normalised) vectors; nothing else to build."""
         self.vectors_ = self._prepare_items(vectors)
         return self
+
+    def save(self, directory: str | os.PathLike) -> dict[str, Any]:
+        """Nothing to write: the bundle stores the item vectors, which are the whole index."""
+        self._check_built()
+        return {"backend": self.backend, "files": [], "similarity": self.similarity}
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, entry: Mapping[str, Any], vectors: np.ndarray, similarity: str, *,
+             prefault: bool = False, search_threads: int = 1) -> ExactIndex:
+        """The index over ``vectors`` (``prefault``/``search_threads`` do not apply to a scan)."""
+        if entry.get("similarity", similarity) != similarity:
+            raise BundleError(f"exact index entry says similarity {entry.get('similarity')!r}, the bundle {similarity!r}")
+        v = check_vectors(vectors, "item vectors")
+        check_similarity(similarity)
+        return cls.from_prepared(normalize_rows(v) if similarity == "cosine" else v, similarity)
 
     @classmethod
     def from_prepared(cls, vectors: np.ndarray, similarity: str) -> ExactIndex:
@@ -76,7 +94,8 @@ class ExactIndex(VectorIndex):
             b_ids, b_scores = topk(s, k)
             if allowed is not None:
                 b_ids = np.where(b_ids >= 0, allowed[np.maximum(b_ids, 0)], -1)
-            ids[start : start + len(s)], out[start : start + len(s)] = b_ids, b_scores
+            w = b_ids.shape[1]  # topk gives min(k, columns) slots; the rest stay -1 / -inf
+            ids[start : start + len(s), :w], out[start : start + len(s), :w] = b_ids, b_scores
         return ids, out
 
 

@@ -23,8 +23,10 @@ Forest candidates are ranked by the score their Annoy angle implies; the final t
 are re-scored exactly. Budgets are per range (``range_search_k``, set by the gate).
 
 Files: one ``.ann`` per range plus the norm order (``norm_order.npy``, item indices by
-descending norm); :meth:`NormRangedAnnoyIndex.save` writes them and returns the manifest
-entry that :meth:`NormRangedAnnoyIndex.load` needs.
+descending norm), written and checked by :mod:`recsys.index.norm_ranged_io`;
+:meth:`NormRangedAnnoyIndex.save` returns the manifest entry that
+:meth:`NormRangedAnnoyIndex.load` needs. The index is served as the ``"annoy"`` backend
+(:meth:`recsys.index.annoy_index.AnnoyIndex.create` picks it).
 """
 
 from __future__ import annotations
@@ -33,21 +35,22 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import annoy
 import numpy as np
 
 from recsys.errors import BundleError, InputError
-from recsys.index.annoy_index import augment_inner_product, build_forest, scaled_search_k
+from recsys.index.annoy_forest import augment_inner_product, build_forest, scaled_search_k
 from recsys.index.base import VectorIndex, check_k, check_vectors
 from recsys.index.lanes import Lanes
+from recsys.index.norm_ranged_io import ORDER_FILE, read_ranges, write_ranges  # noqa: F401 (ORDER_FILE: public name)
+from recsys.index.range_budgets import tune_range_search_k
+from recsys.index.recall import TuneResult
 
 log = logging.getLogger(__name__)
 
-ORDER_FILE = "norm_order.npy"
 #: relative slack on the Cauchy-Schwarz bound: scores are float32 dot products
 _BOUND_SLACK = 1e-5
 
@@ -110,6 +113,8 @@ class NormRangedAnnoyIndex(VectorIndex):
     """
 
     kind = "annoy-norm-ranged"
+    backend = "annoy"
+    effort_name = "search_k"
     transform = "norm_ranged_mips"
     metric = "angular"
 
@@ -210,22 +215,21 @@ class NormRangedAnnoyIndex(VectorIndex):
         return self.range_search_k
 
     def save(self, directory: str | os.PathLike, prefix: str = "index") -> dict[str, Any]:
-        """Write ``<prefix>-NN.ann`` per range and :data:`ORDER_FILE`; return the manifest entry."""
+        """Write ``<prefix>-NN.ann`` per range and :data:`ORDER_FILE`; return the manifest entry.
+
+        The ranges themselves are described under ``entry["ranges"]``.
+        """
         self._check_built()
-        directory = Path(directory)
-        files = []
-        for r, ann in enumerate(self._forests):
-            name = f"{prefix}-{r:02d}.ann"
-            if not ann.save(os.fspath(directory / name)):
-                raise OSError(f"annoy could not save range {r} to {directory / name}")
-            files.append(name)
-        np.save(directory / ORDER_FILE, self.order_, allow_pickle=False)
+        files = write_ranges(directory, self._forests, self.order_, prefix)
         spec: dict[str, Any] = {"order_file": ORDER_FILE, "bounds": self.bounds_, "max_norms": self.max_norms_,
                                 "files": files, "exact_range_max": self.exact_range_max,
                                 "transforms": self.transforms_}
         if self.range_search_k is not None:
             spec["search_k"] = list(self._budgets())
-        return spec
+        return {"backend": self.backend, "file": None, "files": [*files, ORDER_FILE], "ranges": spec,
+                "metric": self.metric, "transform": self.transform, "annoy_dim": self.annoy_dim,
+                "n_trees": self.n_trees, "search_k": self.search_k, "search_k_ref": self.search_k_ref,
+                "seed": self.seed}
 
     def unload(self) -> None:
         """Release every range's forest (and the search threads)."""
@@ -235,53 +239,29 @@ class NormRangedAnnoyIndex(VectorIndex):
             self._lanes.close()
 
     @classmethod
-    def load(
-        cls,
-        directory: str | os.PathLike,
-        spec: dict[str, Any],
-        vectors: np.ndarray,
-        n_trees: int = 50,
-        search_k: int = -1,
-        seed: int = 42,
-        search_k_ref: int = 100,
-        prefault: bool = False,
-        search_threads: int = 1,
-    ) -> NormRangedAnnoyIndex:
-        """Memory-map the ranges described by ``spec`` (the manifest entry from :meth:`save`)."""
-        directory = Path(directory)
+    def load(cls, directory: str | os.PathLike, entry: Mapping[str, Any], vectors: np.ndarray,
+             similarity: str = "dot", *, prefault: bool = False, search_threads: int = 1) -> NormRangedAnnoyIndex:
+        """Memory-map the ranges of a manifest entry from :meth:`save` (files checked by
+        :func:`~recsys.index.norm_ranged_io.read_ranges`)."""
+        if similarity != "dot" or entry.get("transform", cls.transform) != cls.transform:
+            raise BundleError(f"{directory}: norm ranges need a dot model and transform {cls.transform!r}; "
+                              "the bundle was written by another recsys version")
         v = check_vectors(vectors, "item vectors")
-        bounds, files = list(spec["bounds"]), list(spec["files"])
-        if len(files) != len(bounds) - 1 or bounds[0] != 0 or bounds[-1] != len(v) or len(spec["max_norms"]) != len(files):
-            raise BundleError(f"{directory}: norm ranges {bounds} do not fit {len(v)} item vectors and {len(files)} files")
-        budgets = spec.get("search_k")
-        if budgets is not None and (len(budgets) != len(files) or any(int(b) < 0 for b in budgets)):
-            raise BundleError(f"{directory}: per-range search_k {budgets} does not fit {len(files)} ranges")
-        idx = cls(n_ranges=len(files), n_trees=n_trees, search_k=search_k, seed=seed, search_k_ref=search_k_ref,
-                  exact_range_max=int(spec.get("exact_range_max", 0)), range_search_k=budgets,
-                  search_threads=search_threads)
+        f = read_ranges(directory, entry["ranges"], len(v), v.shape[1], prefault=prefault)
+        idx = cls(n_ranges=len(f.forests), n_trees=entry.get("n_trees", 50), search_k=entry.get("search_k", -1),
+                  seed=entry.get("seed", 42), search_k_ref=entry.get("search_k_ref", 100),
+                  exact_range_max=f.exact_range_max, range_search_k=f.budgets, search_threads=search_threads)
         idx.vectors_ = v
-        try:
-            order = np.load(directory / spec["order_file"], allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise BundleError(f"cannot read {directory / spec['order_file']}: {e}") from e
-        if order.shape != (len(v),) or not np.array_equal(np.bincount(order, minlength=len(v)), np.ones(len(v), np.int64)):
-            raise BundleError(f"{directory / spec['order_file']} is not a permutation of the {len(v)} items")
-        transforms = list(spec.get("transforms", ["mips"] * len(files)))  # older bundles: all augmented
-        if len(transforms) != len(files) or not set(transforms) <= {"mips", "angular"}:
-            raise BundleError(f"{directory}: range transforms {transforms} do not fit {len(files)} ranges")
-        forests = []
-        for r, name in enumerate(files):
-            ann = annoy.AnnoyIndex(v.shape[1] + (transforms[r] == "mips"), "angular")
-            try:
-                ann.load(os.fspath(directory / name), prefault=prefault)
-            except OSError as e:
-                raise BundleError(f"cannot load Annoy index {directory / name}: {e}") from e
-            if ann.get_n_items() != bounds[r + 1] - bounds[r]:
-                raise BundleError(f"{directory / name} holds {ann.get_n_items()} items, range {r} has "
-                                  f"{bounds[r + 1] - bounds[r]}; the files come from different exports")
-            forests.append(ann)
-        idx._set_ranges(order, bounds, spec["max_norms"], forests, transforms)
+        idx._set_ranges(f.order, f.bounds, f.max_norms, f.forests, f.transforms)
         return idx
+
+    def effort_bounds(self, k: int) -> tuple[int, int]:
+        """As for one forest: ``n_trees * k`` up to ``n_trees * n_items`` (every leaf of every tree)."""
+        return self.n_trees * k, self.n_trees * self.n_items
+
+    def refine(self, queries: np.ndarray, truth: np.ndarray, k: int, threshold: float) -> TuneResult:
+        """Per-range budgets priced from each range's recall curve (:mod:`recsys.index.range_budgets`)."""
+        return tune_range_search_k(self, queries, truth, k=k, threshold=threshold)
 
     # -- search ------------------------------------------------------------------------
     def _search(

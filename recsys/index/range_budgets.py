@@ -15,12 +15,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from recsys.index.base import check_k
-from recsys.index.norm_ranged import NormRangedAnnoyIndex
 from recsys.index.recall import TuneResult, recall_at_k
+
+if TYPE_CHECKING:  # norm_ranged imports this module (its refine() step)
+    from recsys.index.norm_ranged import NormRangedAnnoyIndex
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,12 @@
-"""Recall of an approximate index against exact search, and ``search_k`` tuning.
+"""Recall of an approximate index against exact search, and search-effort tuning.
 
 The export quality gate: on a sample of real query vectors (user vectors), compare the
 top-K of the approximate index with the exact top-K and report the mean overlap
-``|ann ∩ exact| / K``. If it is below the threshold, ``search_k`` is doubled and the
-measurement repeated, up to a cap; the gate fails only when even the cap is not enough.
+``|ann ∩ exact| / K``. If it is below the threshold, the backend's search effort (its
+:attr:`~recsys.index.base.VectorIndex.effort_name`: Annoy ``search_k``, HNSW
+``ef_search``) is doubled and the measurement repeated, up to a cap; the gate fails only
+when even the cap is not enough. A backend without such a knob (exact search) is
+measured once.
 """
 
 from __future__ import annotations
@@ -15,10 +18,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from recsys.errors import InputError
-from recsys.index.annoy_index import AnnoyIndex
 from recsys.index.base import VectorIndex, check_k
 from recsys.index.exact import ExactIndex
-from recsys.index.norm_ranged import NormRangedAnnoyIndex
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class TuneResult:
 
 
 def tune_search_k(
-    index: AnnoyIndex | NormRangedAnnoyIndex,
+    index: VectorIndex,
     queries: np.ndarray,
     k: int = 100,
     threshold: float = 0.95,
@@ -94,29 +95,30 @@ def tune_search_k(
     cap: int | None = None,
     truth: np.ndarray | None = None,
 ) -> TuneResult:
-    """The smallest ``search_k`` (within two bisection steps) whose recall@k reaches ``threshold``.
+    """The smallest search effort (within two bisection steps) whose recall@k reaches ``threshold``.
 
-    From ``start``, ``search_k`` is doubled until recall@k reaches ``threshold`` or
-    ``cap``; if ``start`` already passes it is halved instead (down to ``k``) until it
-    fails. Doubling and halving overshoot by up to 2x (and latency grows with
-    ``search_k``), so two bisection steps between the last failing and the best passing
-    value follow.
+    The effort is the index's :attr:`~recsys.index.base.VectorIndex.effort_name`
+    attribute (``search_k`` for Annoy, ``ef_search`` for HNSW). From ``start`` it is
+    doubled until recall@k reaches ``threshold`` or ``cap``; if ``start`` already passes
+    it is halved instead (down to ``k``) until it fails. Doubling and halving overshoot
+    by up to 2x (and latency grows with the effort), so two bisection steps between the
+    last failing and the best passing value follow. An index without an effort knob is
+    measured once (``search_k`` of the result is then 0).
 
     Parameters
     ----------
-    index : AnnoyIndex or NormRangedAnnoyIndex
-        Built index; its ``search_k`` is set to the chosen value on return.
+    index : VectorIndex
+        Built index; its effort attribute is set to the chosen value on return.
     queries : array (n, dim)
         Real query vectors (a sample of user vectors), not item vectors: items are
         trivially their own nearest neighbours and would overstate recall.
     start : int, optional
-        First value tried; default ``index.search_k`` or, if that is -1, ``n_trees * k``
-        (Annoy's own default for k results).
+        First value tried; default the index's current effort if positive, else the
+        low end of :meth:`~recsys.index.base.VectorIndex.effort_bounds` (for Annoy
+        ``n_trees * k``, its own default for k results).
     cap : int, optional
-        Largest value tried; default ``max(start, n_trees * n_items)`` (Annoy's own
-        ``search_k=-1``), at which Annoy inspects every leaf of every tree. Twice the
-        item count is not enough: candidates are counted with their duplicates across
-        trees, and real MF vectors (very skewed norms) needed about 5x on MovieLens.
+        Largest value tried; default ``max(start, high end of effort_bounds)`` (for
+        Annoy ``n_trees * n_items``, at which it inspects every leaf of every tree).
     truth : array, optional
         Precomputed exact top-k ids for ``queries``.
     """
@@ -127,15 +129,22 @@ def tune_search_k(
         truth = ExactIndex("dot").build(index.vectors_).query(
             queries if index.similarity == "dot" else queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12), k
         )[0]
-    sk = start if start is not None else (index.search_k if index.search_k > 0 else index.n_trees * k)
-    cap = cap if cap is not None else max(sk, index.n_trees * index.n_items)
+    name = index.effort_name
+    if name is None:
+        rec = recall_at_k(index, queries, truth, k)
+        log.info("recall@%d = %.4f (%s: nothing to tune)", k, rec, index.kind)
+        return TuneResult(search_k=0, recall=rec, passed=rec >= threshold, history=[(0, rec)])
+    lo_default, hi_default = index.effort_bounds(k)
+    current = int(getattr(index, name))
+    sk = start if start is not None else (current if current > 0 else lo_default)
+    cap = cap if cap is not None else max(sk, hi_default)
     history: list[tuple[int, float]] = []
 
     def measure(value: int, note: str = "") -> float:
-        index.search_k = value
+        setattr(index, name, value)
         rec = recall_at_k(index, queries, truth, k)
         history.append((value, rec))
-        log.info("recall@%d = %.4f at search_k = %d%s", k, rec, value, note)
+        log.info("recall@%d = %.4f at %s = %d%s", k, rec, name, value, note)
         return rec
 
     rec = measure(sk)
@@ -162,5 +171,5 @@ def tune_search_k(
                 best, best_rec = mid, r
             else:
                 lo = mid
-    index.search_k = best
+    setattr(index, name, best)
     return TuneResult(search_k=best, recall=best_rec, passed=best_rec >= threshold, history=history)

@@ -6,9 +6,10 @@ needs, and nothing it has to guess::
     ROOT/bundles/<version>/
       manifest.json       written last: similarity, transform, dims, counts, index
                           parameters, measured recall, sha256 + size of every file
-      index.ann           Annoy forest (records neither metric nor dimension itself),
-                          or for norm-ranged dot models index-NN.ann (one forest per
-                          norm range) + norm_order.npy (item indices by norm)
+      index.*             the index backend's files ([index] backend; the manifest's
+                          ``index`` entry names them): Annoy's index.ann, or for
+                          norm-ranged dot models index-NN.ann (one forest per norm
+                          range) + norm_order.npy; faiss's index.faiss; none for exact
       item_vectors.npy    float32 item vectors as the model produced them (exact
                           re-scoring, exact search, similar items, fold-in)
       items.parquet       idx, external_id, popularity, source  (the int -> id map)
@@ -46,9 +47,9 @@ import scipy.sparse as sp
 
 from recsys.data.idmap import IdMap
 from recsys.errors import ConfigError, InputError
-from recsys.index.annoy_index import METRICS, AnnoyIndex
+from recsys.index.annoy_index import METRICS
 from recsys.index.base import check_similarity, check_vectors
-from recsys.index.norm_ranged import NormRangedAnnoyIndex, range_bounds
+from recsys.index.registry import BACKENDS, DEFAULT_BACKEND, create_index
 from recsys.io import sha256_file, write_json
 from recsys.serving.gate import gate_queries, run_gate
 # the bundle API in one place: reading lives in reader, publish/rollback in versions
@@ -75,10 +76,14 @@ class IndexConfig:
 
     Parameters
     ----------
+    backend : {"annoy", "exact", "faiss"}
+        Index backend (:mod:`recsys.index.registry`): Annoy (default), exact search, or
+        a faiss HNSW graph (``pip install 'recsys[faiss]'``).
     n_trees : int
         Annoy trees: more trees give better recall per ``search_k`` but a bigger file.
     search_k : int
-        First ``search_k`` the gate tries; ``-1`` starts at ``n_trees * recall_k``.
+        First search effort the gate tries (Annoy ``search_k``, faiss ``ef_search``);
+        ``-1`` starts at the backend's default (Annoy: ``n_trees * recall_k``).
     seed : int
         ``set_seed`` of the forest.
     recall_k : int
@@ -113,6 +118,8 @@ class IndexConfig:
         Build threads (-1: all cores). Only ``n_jobs=1`` gives byte-identical files for
         the same seed: with more threads Annoy's trees depend on thread scheduling
         (measured; the recall gate still holds every build to the same threshold).
+    hnsw_m, hnsw_ef_construction : int
+        faiss backend: graph degree and build beam width.
     """
 
     n_trees: int = 50
@@ -129,8 +136,15 @@ class IndexConfig:
     norm_range_exact_max: int = 8_192
     per_range_search_k: bool = True
     n_jobs: int = -1
+    backend: str = DEFAULT_BACKEND
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 200
 
     def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"index.backend must be one of {sorted(BACKENDS)}, got {self.backend!r}")
+        if self.hnsw_m < 2 or self.hnsw_ef_construction <= 0:
+            raise ConfigError("index.hnsw_m must be >= 2 and index.hnsw_ef_construction positive")
         if self.n_trees <= 0 or self.recall_k <= 0 or self.n_queries <= 0:
             raise ConfigError("index.n_trees, index.recall_k and index.n_queries must be positive")
         if not 0 < self.min_recall <= 1:
@@ -316,14 +330,10 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=bundles))
     try:
         t0 = time.perf_counter()
-        index = _new_index(cfg, similarity, n_items).build(items)
+        index = create_index(cfg.backend, similarity, n_items, asdict(cfg)).build(items)
         build_s = time.perf_counter() - t0
         gate = run_gate(index, items, gate_q, gate_from, cfg, similarity)  # tunes index in place
-        if isinstance(index, NormRangedAnnoyIndex):
-            index_entry: dict[str, Any] = {"file": None, "ranges": index.save(tmp)}
-        else:
-            index.save(tmp / "index.ann")
-            index_entry = {"file": "index.ann"}
+        index_entry = index.save(tmp)  # the backend's files and its manifest entry
         index.unload()
         np.save(tmp / "item_vectors.npy", items, allow_pickle=False)
         _write_ids(tmp / "items.parquet", item_map, popularity=pop, source=source)
@@ -342,9 +352,7 @@ def export_bundle(
             "run_id": run_id, "similarity": similarity, "dim": dim, "n_items": n_items,
             "n_users": 0 if users is None else len(users), "n_seen": 0 if seen_m is None else int(seen_m.nnz),
             "item_sources": {s: int((source == s).sum()) for s in ITEM_SOURCES},
-            "index": {"backend": "annoy", **index_entry, "metric": index.metric, "transform": index.transform,
-                      "annoy_dim": index.annoy_dim, "n_trees": cfg.n_trees, "search_k": index.search_k,
-                      "search_k_ref": cfg.recall_k, "seed": cfg.seed, "build_seconds": round(build_s, 3)},
+            "index": {**index_entry, "build_seconds": round(build_s, 3)},
             "exact_max_items": cfg.exact_max_items, "quality_gate": gate, "config": asdict(cfg),
             "foldin": foldin_spec, "files": files, "extra": dict(extra_manifest or {}),
         }
@@ -360,20 +368,9 @@ def export_bundle(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("bundle %s: %d items, recall@%d %.4f", version, n_items, cfg.recall_k, gate["recall"])
-    return BundleInfo(path=final, version=version, recall=gate["recall"], search_k=manifest["index"]["search_k"], recall_k=cfg.recall_k,
+    return BundleInfo(path=final, version=version, recall=gate["recall"], search_k=manifest["index"].get("search_k", 0), recall_k=cfg.recall_k,
                       n_items=n_items, n_users=manifest["n_users"], build_seconds=build_s,
                       index_bytes=sum(files[f]["bytes"] for f in index_files(manifest)), manifest=manifest)
-
-
-def _new_index(cfg: IndexConfig, similarity: str, n_items: int) -> AnnoyIndex | NormRangedAnnoyIndex:
-    """Norm ranges for dot models whose catalogue is big enough to cut, else one forest."""
-    if (similarity == "dot" and cfg.metric == "angular" and cfg.norm_ranges > 1
-            and len(range_bounds(n_items, cfg.norm_ranges, cfg.norm_range_min)) > 2):
-        return NormRangedAnnoyIndex(n_ranges=cfg.norm_ranges, min_range=cfg.norm_range_min,
-                                    exact_range_max=cfg.norm_range_exact_max, n_trees=cfg.n_trees,
-                                    search_k=cfg.search_k, seed=cfg.seed, search_k_ref=cfg.recall_k, n_jobs=cfg.n_jobs)
-    return AnnoyIndex(similarity, n_trees=cfg.n_trees, search_k=cfg.search_k, seed=cfg.seed,
-                      metric=cfg.metric, search_k_ref=cfg.recall_k, n_jobs=cfg.n_jobs)
 
 
 def _write_ids(path: Path, ids: IdMap, **cols: np.ndarray) -> None:

@@ -15,11 +15,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recsys.errors import QualityGateError
-from recsys.index.annoy_index import AnnoyIndex
-from recsys.index.base import check_vectors
+from recsys.index.base import VectorIndex, check_vectors
 from recsys.index.exact import ExactIndex
-from recsys.index.norm_ranged import NormRangedAnnoyIndex
-from recsys.index.range_budgets import tune_range_search_k
 from recsys.index.recall import exact_topk, median_query_ms, sample_queries, tune_search_k
 
 if TYPE_CHECKING:
@@ -44,7 +41,7 @@ def gate_queries(queries: Any, users: np.ndarray | None, items: np.ndarray, cfg:
     return sample_queries(q, cfg.n_queries, seed=cfg.seed), source
 
 
-def run_gate(index: AnnoyIndex | NormRangedAnnoyIndex, items: np.ndarray, queries: np.ndarray, source: str,
+def run_gate(index: VectorIndex, items: np.ndarray, queries: np.ndarray, source: str,
              cfg: IndexConfig, similarity: str) -> dict[str, Any]:
     """Tune ``index`` in place and return the manifest's ``quality_gate`` entry.
 
@@ -64,13 +61,13 @@ def run_gate(index: AnnoyIndex | NormRangedAnnoyIndex, items: np.ndarray, querie
             f"index recall@{cfg.recall_k} = {tune.recall:.4f} < {cfg.min_recall} even at search_k = {tune.search_k}; "
             "not published (raise index.n_trees or index.max_search_k, or check the vectors)"
         )
-    if cfg.per_range_search_k and isinstance(index, NormRangedAnnoyIndex):  # a budget per range
-        per_range = tune_range_search_k(index, queries, truth, k=cfg.recall_k, threshold=cfg.min_recall)
+    per_range = index.refine(queries, truth, cfg.recall_k, cfg.min_recall) if cfg.per_range_search_k else None
+    if per_range is not None:  # a second pass: Annoy's budget per norm range
         if per_range.passed:
             gate.update(recall=per_range.recall, range_search_k=per_range.range_search_k,
                         range_search_k_tried=[list(h) for h in per_range.history])
-    if index.n_items > cfg.exact_max_items:  # served by Annoy unless an exact scan is measured faster
+    if index.n_items > cfg.exact_max_items and index.backend != "exact":  # served by the index unless exact is faster
         lat_q, exact = queries[:100], ExactIndex.from_prepared(index.vectors_, similarity)
-        gate["p50_ms"] = {"annoy": median_query_ms(index, lat_q, cfg.recall_k),
+        gate["p50_ms"] = {index.backend: median_query_ms(index, lat_q, cfg.recall_k),
                           "exact": median_query_ms(exact, lat_q, cfg.recall_k), "queries": len(lat_q)}
     return gate

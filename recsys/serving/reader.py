@@ -20,8 +20,8 @@ import scipy.sparse as sp
 
 from recsys.data.idmap import IdMap
 from recsys.errors import BundleError
-from recsys.index.annoy_index import AnnoyIndex
-from recsys.index.norm_ranged import NormRangedAnnoyIndex
+from recsys.index import registry
+from recsys.index.base import VectorIndex
 from recsys.io import read_json, sha256_file
 
 SCHEMA_VERSION = 1
@@ -81,11 +81,8 @@ def verify_bundle(path: str | os.PathLike, checksums: bool = True) -> dict[str, 
 
 
 def index_files(manifest: dict[str, Any]) -> list[str]:
-    """The index files a manifest names: ``index.ann``, or one per norm range + the order."""
-    ix = manifest.get("index", {})
-    if ix.get("ranges"):
-        return [*ix["ranges"]["files"], ix["ranges"]["order_file"]]
-    return [ix.get("file") or "index.ann"]
+    """The index files a manifest names, as its backend lists them (:mod:`recsys.index.registry`)."""
+    return registry.index_files(manifest.get("index", {}))
 
 
 def read_bundle(path: str | os.PathLike, verify: bool = True, mmap: bool = True) -> BundleData:
@@ -118,24 +115,11 @@ def read_bundle(path: str | os.PathLike, verify: bool = True, mmap: bool = True)
                       user_vectors=users, user_map=user_map, seen=seen, foldin=foldin)
 
 
-def load_index(data: BundleData, prefault: bool = False, search_threads: int = 1) -> AnnoyIndex | NormRangedAnnoyIndex:
-    """Memory-map the bundle's ``.ann`` file(s) with the metric/dimension from its manifest.
+def load_index(data: BundleData, prefault: bool = False, search_threads: int = 1) -> VectorIndex:
+    """Load the bundle's index through its backend (:mod:`recsys.index.registry`), from the manifest entry.
 
-    ``search_threads`` > 1 lets one query search a norm-ranged bundle's forests in
-    parallel (:mod:`recsys.index.lanes`); a one-forest bundle has nothing to split.
+    ``search_threads`` > 1 lets one query search a norm-ranged Annoy bundle's forests in
+    parallel (:mod:`recsys.index.lanes`); other layouts have nothing to split.
     """
-    ix = data.manifest["index"]
-    if ix.get("ranges"):
-        if data.manifest["similarity"] != "dot" or ix["transform"] != NormRangedAnnoyIndex.transform:
-            raise BundleError(f"{data.path}: norm ranges need a dot model and transform {NormRangedAnnoyIndex.transform!r}; "
-                              "the bundle was written by another recsys version")
-        return NormRangedAnnoyIndex.load(data.path, ix["ranges"], vectors=data.item_vectors, n_trees=ix["n_trees"],
-                                         search_k=ix["search_k"], seed=ix["seed"], search_k_ref=ix["search_k_ref"],
-                                         prefault=prefault, search_threads=search_threads)
-    index = AnnoyIndex.load(data.path / ix["file"], vectors=data.item_vectors, similarity=data.manifest["similarity"],
-                            metric=ix["metric"], n_trees=ix["n_trees"], search_k=ix["search_k"], seed=ix["seed"],
-                            search_k_ref=ix["search_k_ref"], prefault=prefault)
-    if index.transform != ix["transform"] or index.annoy_dim != ix["annoy_dim"]:
-        raise BundleError(f"{data.path}: manifest transform {ix['transform']!r}/dim {ix['annoy_dim']} does not match "
-                          f"{index.transform!r}/{index.annoy_dim}; the bundle was written by another recsys version")
-    return index
+    return registry.load_index(data.path, data.manifest["index"], data.item_vectors, data.manifest["similarity"],
+                               prefault=prefault, search_threads=search_threads)

@@ -46,7 +46,8 @@ from recsys.serving.versions import resolve_bundle
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "exact", "annoy")
+#: "index": the bundle's own index backend (also accepted by its name, e.g. "annoy", "faiss")
+BACKENDS = ("auto", "exact", "index")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:/")
 _EMPTY = np.empty(0, np.int64)
 
@@ -69,7 +70,7 @@ class Retriever:
     """Top-k retrieval over one bundle, with external ids in and out.
 
     Create with :meth:`load`. Attributes: ``path``, ``manifest``, ``version``,
-    ``backend`` (``"exact"`` or ``"annoy"``), ``n_items``, ``n_users``.
+    ``backend`` (``"exact"`` or the bundle's index backend, e.g. ``"annoy"``), ``n_items``, ``n_users``.
 
     A service that swaps bundles (say, after each nightly export) should :meth:`close`
     the old retriever, or use it as a context manager, once its last query has
@@ -82,9 +83,10 @@ class Retriever:
 
     def __init__(self, data: BundleData, backend: str = "auto", exact_max_items: int | None = None,
                  prefault: bool = False, search_threads: int = 1) -> None:
-        if backend not in BACKENDS:
-            raise InputError(f"backend must be one of {BACKENDS}, got {backend!r}")
         m = data.manifest
+        index_backend = m["index"].get("backend", "annoy")
+        if backend not in BACKENDS and backend != index_backend:
+            raise InputError(f"backend must be one of {(*BACKENDS, index_backend)} for this bundle, got {backend!r}")
         self.path, self.manifest, self.version = data.path, m, m["version"]
         self.similarity: str = m["similarity"]
         self.n_items, self.dim = int(m["n_items"]), int(m["dim"])
@@ -93,15 +95,17 @@ class Retriever:
         # exact scan faster than the tuned Annoy index (a hard catalogue can need a
         # search_k so high that Annoy loses: docs/retrieval.md, cosine benchmark)
         p50 = m.get("quality_gate", {}).get("p50_ms", {})
-        exact_faster = bool(p50) and p50["exact"] < p50["annoy"]
-        self.backend = backend if backend != "auto" else ("exact" if self.n_items <= limit or exact_faster else "annoy")
+        exact_faster = index_backend in p50 and p50["exact"] < p50[index_backend]
+        auto = "exact" if self.n_items <= limit or exact_faster else index_backend
+        self.backend = {"auto": auto, "index": index_backend}.get(backend, backend)
         if backend == "auto" and exact_faster and self.n_items > limit:
-            log.info("exact backend: at export an exact query took %.2f ms, Annoy %.2f ms", p50["exact"], p50["annoy"])
+            log.info("exact backend: at export an exact query took %.2f ms, %s %.2f ms", p50["exact"], index_backend,
+                     p50[index_backend])
         items = np.asarray(data.item_vectors)
         self._items = normalize_rows(items) if self.similarity == "cosine" else items
         self._exact = ExactIndex.from_prepared(self._items, self.similarity)
         self._index: VectorIndex = (load_index(data, prefault=prefault, search_threads=search_threads)
-                                    if self.backend == "annoy" else self._exact)
+                                    if self.backend != "exact" else self._exact)
         self.item_map, self.user_map = data.item_map, data.user_map
         # index -> external id lookups on every answer: one object array, built once
         self._item_ids = np.asarray(self.item_map.ids, dtype=object)
@@ -136,7 +140,7 @@ class Retriever:
             Check the size and sha256 of every file against the manifest (a second or
             so per GB); a corrupted or incomplete bundle raises
             :class:`~recsys.errors.BundleError`.
-        backend : {"auto", "exact", "annoy"}
+        backend : {"auto", "exact", "index"} or the bundle's index backend name (``"annoy"``, ``"faiss"``)
         exact_max_items : int, optional
             Override the manifest's exact-search threshold (for ``backend="auto"``).
         tracking_uri : str, optional
