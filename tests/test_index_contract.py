@@ -31,9 +31,9 @@ BACKEND_PARAMS = [pytest.param(name, marks=[NO_FAISS] if name == "faiss" else []
 SETTINGS = {"n_trees": 20, "n_jobs": 1, "seed": 7, "norm_range_min": 500, "norm_range_exact_max": 0, "recall_k": 100}
 #: recall@100 on held-out queries after the gate tuned the index to 0.95 on another sample.
 #: Measured (5000 items, seeds below): annoy dot 1.000 (norm ranges) / cosine 0.965,
-#: faiss dot 0.955 (ef_search 1200) / cosine 0.9995 (ef_search 100), exact 1.0.
+#: faiss dot 0.966 / cosine 0.9995 (both at ef_search 100), exact 1.0.
 RECALL_FLOOR = {("annoy", "dot"): 0.99, ("annoy", "cosine"): 0.94, ("exact", "dot"): 1.0, ("exact", "cosine"): 1.0,
-                ("faiss", "dot"): 0.93, ("faiss", "cosine"): 0.98}
+                ("faiss", "dot"): 0.94, ("faiss", "cosine"): 0.98}
 
 
 def _vectors(n: int = 5000, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
