@@ -15,6 +15,7 @@ import scipy.sparse as sp
 
 from recsys.errors import ConfigError
 from recsys.models import weighting
+from recsys.models.foldin import FoldInSpec
 from recsys.models.mf import MFModel
 
 log = logging.getLogger(__name__)
@@ -99,12 +100,27 @@ class ALS(MFModel):
 
         return AlternatingLeastSquares(**self._implicit_kwargs(use_gpu, "alpha", "use_cg"))
 
+    def foldin_spec(self) -> FoldInSpec:
+        """This model's fold-in: the exact normal equations with its weighting, ``alpha`` and ``λ``.
+
+        Carries ``YᵀY`` of the trained item factors (and bm25's per-item length norm), so a
+        bundle whose item vectors were blended with content still solves the trained objective.
+        """
+        self._check_fitted()
+        y = np.asarray(self.item_factors_, np.float64)
+        return FoldInSpec(
+            "als", weighting=self.weighting, alpha=float(self.alpha), regularization=float(self.regularization),
+            eps=float(self.eps), bm25_k1=float(self.bm25_k1), bm25_b=float(self.bm25_b), n_items=int(self.n_items_),
+            gram=y.T @ y, length_norm=np.asarray(self.length_norm_, np.float32) if self.weighting == "bm25" else None,
+        )
+
     def recalculate_user(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Fold-in: the exact least-squares user vector for fixed item factors.
 
         Solves ``(YᵀY + Yᵀ(C_u - I)Y + λI) x = Yᵀ C_u p_u`` as implicit's
         ``recalculate_user`` does (Cholesky, not CG), with ``C_u = alpha * weighting(w)``
-        computed exactly as for training users. Cost ``O(n_u d² + d³)`` (``YᵀY`` is cached): milliseconds,
+        computed exactly as for training users (:mod:`recsys.models.foldin`, the code the
+        Retriever runs too). Cost ``O(n_u d² + d³)`` (``YᵀY`` is cached): milliseconds,
         so a new or changed user is served without retraining.
 
         Parameters
@@ -119,25 +135,7 @@ class ALS(MFModel):
         -------
         float32 array of length ``factors``
         """
-        items, w = self._check_history(item_indices, weights)
-        row = sp.csr_matrix((w, items, [0, len(items)]), shape=(1, self.n_items_))
-        c = weighting.transform(
-            row, self.weighting, eps=self.eps, K1=self.bm25_k1, B=self.bm25_b, length_norm=self.length_norm_
-        ).data.astype(np.float64) * self.alpha
-        Yu = self.item_factors_[items].astype(np.float64)
-        A = self._gram() + self.regularization * np.eye(Yu.shape[1]) + (Yu.T * (c - 1.0)) @ Yu
-        b = Yu.T @ c
-        return np.linalg.solve(A, b).astype(np.float32)
-
-    def _gram(self) -> np.ndarray:
-        """``YᵀY`` of the item factors, cached: it is the O(n_items d²) part of every fold-in."""
-        Y = self.item_factors_
-        cache = getattr(self, "_gram_cache", None)
-        if cache is None or cache[0] is not Y:
-            Y64 = Y.astype(np.float64)
-            cache = (Y, Y64.T @ Y64)
-            self._gram_cache = cache
-        return cache[1]
+        return self._foldin().user(item_indices, weights)
 
     def _after_load(self) -> None:
         if not hasattr(self, "length_norm_"):

@@ -24,6 +24,7 @@ import scipy.sparse as sp
 from recsys.errors import BundleError, InputError, NotFittedError
 from recsys.io import load_npz, save_npz
 from recsys.models import registry
+from recsys.models.foldin import FoldIn, FoldInSpec
 
 log = logging.getLogger(__name__)
 
@@ -262,11 +263,8 @@ class FactorModel(Recommender):
         """Fold-in: a vector for a user from their items alone (no retraining).
 
         Subclasses override with their model's own solve; the default is the weighted
-        mean of the item vectors, which is what a history-pooling model does.
+        mean of the item vectors (:mod:`recsys.models.foldin`, ``"mean"``), which is
+        what a history-pooling model does.
         """
         self._check_fitted()
-        items = np.asarray(item_indices, dtype=np.int64)
-        if items.size == 0:
-            raise InputError("cannot fold in a user with an empty history")
-        w = np.ones(len(items), np.float32) if weights is None else np.asarray(weights, np.float32)
-        return (w[:, None] * self.item_factors_[items]).sum(0) / max(float(w.sum()), 1e-12)
+        return FoldIn(FoldInSpec("mean"), self.item_factors_).user(item_indices, weights)

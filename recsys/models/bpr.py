@@ -11,9 +11,9 @@ import logging
 from typing import Any
 
 import numpy as np
-from scipy.special import expit
 
 from recsys.errors import ConfigError
+from recsys.models.foldin import FoldInSpec
 from recsys.models.mf import MFModel
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,13 @@ class BPR(MFModel):
             raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate!r}")
         return BayesianPersonalizedRanking(**self._implicit_kwargs(use_gpu, "learning_rate", "verify_negative_samples"))
 
+    def foldin_spec(self) -> FoldInSpec:
+        """This model's fold-in (``fold_in`` solver, learning rate, regularization, seed)."""
+        self._check_fitted()
+        return FoldInSpec("bpr", solver=self.fold_in, learning_rate=float(self.learning_rate),
+                          regularization=float(self.regularization), steps=int(self.fold_in_steps),
+                          seed=int(self.random_state))
+
     def recalculate_user(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Fold-in a user from their history with the item factors fixed.
 
@@ -89,40 +96,11 @@ class BPR(MFModel):
         solves a ridge regression of "seen = 1, unseen = 0" on the item factors (one
         linear solve, deterministic, slightly less faithful to the ranking objective).
         ``weights`` > 0 mark the items; their values are ignored, as in training.
+        The solve lives in :mod:`recsys.models.foldin` (the Retriever runs the same code).
 
         Returns
         -------
         float32 array of length ``factors + 1`` (last entry the constant 1 that
         multiplies the item bias)
         """
-        items, _ = self._check_history(item_indices, weights)
-        Y = self.item_factors_[:, :-1].astype(np.float64)
-        bias = self.item_factors_[:, -1].astype(np.float64)
-        d = Y.shape[1]
-        if self.fold_in == "lstsq":
-            # minimise sum_i (p_i - x.y_i - b_i)^2 + reg |x|^2 over all items
-            target = -bias
-            target[items] += 1.0
-            A = Y.T @ Y + np.eye(d) * max(float(self.regularization), 1e-6)
-            x = np.linalg.solve(A, Y.T @ target)
-        else:
-            rng = np.random.default_rng(self.random_state)
-            seen = np.zeros(self.n_items_, bool)
-            seen[items] = True
-            n_unseen = self.n_items_ - len(items)
-            x = (rng.random(d) - 0.5) / d
-            lr, reg = float(self.learning_rate), float(self.regularization)
-            for _ in range(int(self.fold_in_steps)):
-                pos = rng.permutation(items)
-                neg = rng.integers(0, self.n_items_, size=len(pos))
-                if n_unseen > 0:
-                    bad = seen[neg]
-                    while bad.any():  # re-draw negatives the user saw
-                        neg[bad] = rng.integers(0, self.n_items_, size=int(bad.sum()))
-                        bad = seen[neg]
-                for i, j in zip(pos, neg):
-                    diff = Y[i] - Y[j]
-                    z = x @ diff + bias[i] - bias[j]
-                    g = expit(-z)  # d/dz log(sigmoid(z)) = sigmoid(-z)
-                    x += lr * (g * diff - reg * x)
-        return np.r_[x, 1.0].astype(np.float32)
+        return self._foldin().user(item_indices, weights)

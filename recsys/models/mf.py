@@ -2,7 +2,7 @@
 
 The models themselves live in :mod:`recsys.models.als` and :mod:`recsys.models.bpr`;
 this module holds what they share (device switch, validation every N iterations with
-best-iteration restore, fold-in input checks).
+best-iteration restore, the cached fold-in of :mod:`recsys.models.foldin`).
 
 Why wrap ``implicit`` rather than call it: on its own it has no validation-based model
 selection, no fold-in for BPR, a device switch per factory call, and GPU factor matrices
@@ -34,6 +34,7 @@ import scipy.sparse as sp
 
 from recsys.errors import ConfigError, InputError
 from recsys.models.base import FactorModel
+from recsys.models.foldin import FoldIn, FoldInSpec
 
 log = logging.getLogger(__name__)
 
@@ -200,27 +201,22 @@ class MFModel(FactorModel):
                 f"{type(self).__name__} produced NaN/inf factors; lower learning_rate/alpha or raise regularization"
             )
 
-    def _check_history(self, item_indices: Any, weights: Any) -> tuple[np.ndarray, np.ndarray]:
+    def _foldin(self) -> FoldIn:
+        """This model's :class:`~recsys.models.foldin.FoldIn`, rebuilt when the factors change.
+
+        Keyed on the identity of ``item_factors_`` (validation swaps in new arrays), so
+        ``YᵀY`` is computed once per set of factors, not per user.
+        """
         self._check_fitted()
-        items = np.atleast_1d(np.asarray(item_indices))
-        if items.size == 0:
-            raise InputError("cannot fold in a user with an empty history; use a popularity fallback")
-        if items.dtype.kind not in "iu":
-            raise InputError(f"item indices must be integers, got dtype {items.dtype}")
-        items = items.astype(np.int64)
-        if items.min() < 0 or items.max() >= self.n_items_:
-            raise InputError(f"item index out of range [0, {self.n_items_})")
-        w = np.ones(len(items), np.float32) if weights is None else np.asarray(weights, np.float32).ravel()
-        if w.shape != items.shape:
-            raise InputError(f"weights has {w.size} values for {items.size} items")
-        if not np.isfinite(w).all() or (w < 0).any():
-            raise InputError("fold-in weights must be finite and >= 0")
-        row = sp.csr_matrix((w, (np.zeros(len(items), np.int64), items)), shape=(1, self.n_items_), dtype=np.float32)
-        row.sum_duplicates()
-        row.eliminate_zeros()
-        if row.nnz == 0:
-            raise InputError("cannot fold in a user whose weights are all zero")
-        return row.indices.astype(np.int64), row.data
+        cache = getattr(self, "_foldin_cache", None)
+        if cache is None or cache[0] is not self.item_factors_:
+            cache = (self.item_factors_, FoldIn(self.foldin_spec(), self.item_factors_))
+            self._foldin_cache = cache
+        return cache[1]
+
+    def foldin_spec(self) -> FoldInSpec:
+        """The model's :class:`~recsys.models.foldin.FoldInSpec` (each family defines its own)."""
+        raise NotImplementedError
 
 
 def validation_scorer(

@@ -16,7 +16,8 @@ needs, and nothing it has to guess::
       user_vectors.npy    float32, optional
       users.parquet       idx, external_id, optional
       seen.npz            CSR indptr/indices of each user's seen items, optional
-      foldin.json         how to fold in a new user from a history, optional
+      foldin.json         how to fold in a new user from a history (recsys.models.foldin)
+      foldin.npz          its arrays (ALS: YᵀY of the trained factors), optional
 
 Why this shape: Annoy keeps only integer ids, so the id map travels with the index; the
 ``.ann`` file does not record metric or dimension and loading it with the wrong ones
@@ -51,6 +52,7 @@ from recsys.index.annoy_index import METRICS
 from recsys.index.base import check_similarity, check_vectors
 from recsys.index.registry import BACKENDS, DEFAULT_BACKEND, create_index
 from recsys.io import sha256_file, write_json
+from recsys.models.foldin import FoldInSpec, spec_for
 from recsys.serving.gate import gate_queries, run_gate
 # the bundle API in one place: reading lives in reader, publish/rollback in versions
 from recsys.serving.reader import (  # noqa: F401
@@ -208,28 +210,22 @@ def _check_seen(seen: Any, n_users: int, n_items: int) -> sp.csr_matrix:
     return m
 
 
-def foldin_for(model: Any) -> dict[str, Any]:
-    """The ``foldin`` spec for a model's bundle: ALS's closed-form solve for ALS, else the mean.
+def foldin_for(model: Any) -> FoldInSpec:
+    """The fold-in spec a model's bundle carries (:func:`recsys.models.foldin.spec_for`).
 
-    The closed form is the exact least-squares fit of a user vector on fixed item factors,
-    so it applies whatever confidence weighting the model was trained with; a history's
-    weights are used as given (1 for anonymous histories).
+    ALS: its exact normal equations with the trained weighting, ``alpha``, ``λ`` and
+    ``YᵀY``; BPR: its own solver; others: the mean of the item vectors.
     """
-    if type(model).__name__ == "ALS":
-        return {"method": "als", "regularization": float(model.regularization), "alpha": float(model.alpha)}
-    return {"method": "mean"}
+    return spec_for(model)
 
 
-def _foldin_spec(foldin: Mapping[str, Any] | None, similarity: str) -> dict[str, Any]:
-    spec = dict(foldin or {"method": "mean"})
-    if spec.get("method") not in FOLDIN_METHODS:
-        raise InputError(f"foldin method must be one of {FOLDIN_METHODS}, got {spec.get('method')!r}")
-    if spec["method"] == "als":
-        for key in ("regularization", "alpha"):
-            if not isinstance(spec.get(key), (int, float)) or spec[key] < 0:
-                raise InputError(f"als fold-in needs a non-negative {key!r}, got {spec.get(key)!r}")
-        if similarity != "dot":
-            raise InputError("als fold-in is for dot-product models")
+def _foldin_spec(foldin: FoldInSpec | Mapping[str, Any] | None, similarity: str) -> FoldInSpec:
+    try:
+        spec = foldin if isinstance(foldin, FoldInSpec) else FoldInSpec.from_json(foldin or {"method": "mean"})
+    except InputError as e:
+        raise InputError(f"bad foldin spec: {e}") from e
+    if spec.method != "mean" and similarity != "dot":
+        raise InputError(f"{spec.method} fold-in is for dot-product models")
     return spec
 
 
@@ -255,7 +251,7 @@ def export_bundle(
     run_id: str | None = None,
     extra_manifest: Mapping[str, Any] | None = None,
     queries: np.ndarray | None = None,
-    foldin: Mapping[str, Any] | None = None,
+    foldin: FoldInSpec | Mapping[str, Any] | None = None,
 ) -> BundleInfo:
     """Build, measure and write a new bundle under ``root/bundles/<version>``.
 
@@ -285,9 +281,10 @@ def export_bundle(
         Stored under ``manifest["extra"]`` (dataset hash, model class ...).
     queries : array, optional
         Real query vectors for the gate; default a sample of ``user_vectors``.
-    foldin : dict, optional
-        ``{"method": "mean"}`` (default) or ``{"method": "als", "regularization": r,
-        "alpha": a}`` for :meth:`Retriever.recommend_from_history`.
+    foldin : FoldInSpec or dict, optional
+        How :meth:`Retriever.recommend_from_history` folds in a history: a
+        :class:`~recsys.models.foldin.FoldInSpec` (``foldin_for(model)``) or its JSON
+        form; default ``{"method": "mean"}``.
 
     Raises
     ------
@@ -343,7 +340,9 @@ def export_bundle(
         if seen_m is not None:
             np.savez(tmp / "seen.npz", indptr=seen_m.indptr.astype(np.int64), indices=seen_m.indices.astype(np.int32),
                      shape=np.asarray(seen_m.shape, np.int64))
-        write_json(tmp / "foldin.json", foldin_spec)
+        write_json(tmp / "foldin.json", foldin_spec.to_json())
+        if foldin_spec.arrays():  # YᵀY (+ bm25 norms): exact fold-in even when vectors were blended
+            np.savez(tmp / "foldin.npz", **foldin_spec.arrays())
         files = {p.name: {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         version = new_version({k: v["sha256"] for k, v in files.items()})
         manifest = {
@@ -354,7 +353,7 @@ def export_bundle(
             "item_sources": {s: int((source == s).sum()) for s in ITEM_SOURCES},
             "index": {**index_entry, "build_seconds": round(build_s, 3)},
             "exact_max_items": cfg.exact_max_items, "quality_gate": gate, "config": asdict(cfg),
-            "foldin": foldin_spec, "files": files, "extra": dict(extra_manifest or {}),
+            "foldin": foldin_spec.to_json(), "files": files, "extra": dict(extra_manifest or {}),
         }
         write_json(tmp / MANIFEST, manifest)
         # mkdtemp/mkstemp create 0700/0600: a serving process running as another user

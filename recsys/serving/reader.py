@@ -19,10 +19,11 @@ import polars as pl
 import scipy.sparse as sp
 
 from recsys.data.idmap import IdMap
-from recsys.errors import BundleError
+from recsys.errors import BundleError, InputError
 from recsys.index import registry
 from recsys.index.base import VectorIndex
 from recsys.io import read_json, sha256_file
+from recsys.models.foldin import FoldInSpec
 
 SCHEMA_VERSION = 1
 BUNDLE_KIND = "recsys-retrieval-bundle"
@@ -42,7 +43,7 @@ class BundleData:
     user_vectors: np.ndarray | None
     user_map: IdMap | None
     seen: sp.csr_matrix | None
-    foldin: dict[str, Any]
+    foldin: FoldInSpec
 
 
 def verify_bundle(path: str | os.PathLike, checksums: bool = True) -> dict[str, Any]:
@@ -102,7 +103,7 @@ def read_bundle(path: str | os.PathLike, verify: bool = True, mmap: bool = True)
             with np.load(path / "seen.npz", allow_pickle=False) as z:
                 shape = tuple(int(s) for s in z["shape"])
                 seen = sp.csr_matrix((np.ones(len(z["indices"]), np.float32), z["indices"], z["indptr"]), shape=shape)
-        foldin = read_json(path / "foldin.json") if (path / "foldin.json").exists() else {"method": "mean"}
+        foldin = _read_foldin(path)
     except (OSError, ValueError, KeyError) as e:
         raise BundleError(f"{path}: cannot read bundle files: {e}") from e
     if items.shape != (manifest["n_items"], manifest["dim"]) or len(item_map) != manifest["n_items"]:
@@ -113,6 +114,20 @@ def read_bundle(path: str | os.PathLike, verify: bool = True, mmap: bool = True)
                       item_popularity=idf["popularity"].to_numpy().astype(np.float32),
                       item_source=np.asarray(idf["source"].to_list(), dtype=object),
                       user_vectors=users, user_map=user_map, seen=seen, foldin=foldin)
+
+
+def _read_foldin(path: Path) -> FoldInSpec:
+    """``foldin.json`` (+ ``foldin.npz``) as a spec; none at all means the mean (old bundles)."""
+    if not (path / "foldin.json").exists():
+        return FoldInSpec("mean")
+    arrays = {}
+    if (path / "foldin.npz").exists():
+        with np.load(path / "foldin.npz", allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    try:
+        return FoldInSpec.from_json(read_json(path / "foldin.json"), arrays)
+    except InputError as e:
+        raise BundleError(f"{path}: foldin.json: {e}; re-export the bundle") from e
 
 
 def load_index(data: BundleData, prefault: bool = False, search_threads: int = 1) -> VectorIndex:

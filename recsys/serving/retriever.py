@@ -14,8 +14,8 @@ Fallbacks (documented contract, never a crash):
 
 * known user -> their vector, their seen items excluded (``exclude_seen``);
 * unknown user with a ``history`` -> a vector folded in from the history items
-  (``foldin.json``: least squares for ALS, the mean item vector otherwise), the history
-  items excluded;
+  (``foldin.json``, :mod:`recsys.models.foldin`: ALS's exact solve with the trained
+  weighting, BPR's own fold-in, the mean item vector otherwise), the history items excluded;
 * unknown user without history (or with an empty one) -> the most popular items
   (scores are then the popularity values, not similarities).
 
@@ -40,6 +40,7 @@ import numpy as np
 from recsys.errors import ClosedError, InputError, UnknownIdError
 from recsys.index.base import VectorIndex, check_k, check_vectors, normalize_rows
 from recsys.index.exact import ExactIndex
+from recsys.models.foldin import FoldIn
 from recsys.serving.download import download_bundle, find_bundle
 from recsys.serving.reader import BundleData, load_index, read_bundle
 from recsys.serving.versions import resolve_bundle
@@ -115,10 +116,8 @@ class Retriever:
         self.item_popularity = data.item_popularity
         self.item_source = data.item_source
         self._pop_order = np.argsort(-self.item_popularity, kind="stable")
-        self.foldin = data.foldin
-        if self.foldin.get("method") == "als":  # Y'Y + lambda I once; each fold-in adds a rank-n_u term
-            y = np.asarray(items, np.float64)
-            self._gram = y.T @ y + float(self.foldin["regularization"]) * np.eye(self.dim)
+        self.foldin = data.foldin  # the model's FoldInSpec; the solve is recsys.models.foldin's, not ours
+        self._foldin = FoldIn(self.foldin, self._items)  # Y'Y + lambda I once; each fold-in adds a rank-n_u term
 
     def __repr__(self) -> str:
         return (f"Retriever(version={self.version!r}, backend={self.backend!r}, n_items={self.n_items}, "
@@ -334,15 +333,12 @@ class Retriever:
         return [None if h is None else self._item_indices(h, "history", True) for h in history]
 
     def _fold_in(self, items: np.ndarray, weights: np.ndarray | None) -> np.ndarray:
-        """A query vector for a history of item indices (see ``foldin.json``)."""
-        w = np.ones(len(items)) if weights is None else np.asarray(weights, np.float64)
-        if self.foldin.get("method") == "als":
-            y = np.asarray(self._exact.vectors_[items], np.float64)
-            c = float(self.foldin["alpha"]) * w
-            a = self._gram + (y.T * (c - 1.0)) @ y
-            return np.linalg.solve(a, y.T @ c).astype(np.float32)
-        v = (w[:, None] * self._items[items]).sum(0) / max(float(w.sum()), 1e-12)
-        return np.asarray(v, np.float32)
+        """A query vector for a history of item indices and raw weights (``foldin.json``).
+
+        :class:`recsys.models.foldin.FoldIn` solves it exactly as the model's own
+        ``recalculate_user`` does (ALS: the trained weighting, ``alpha`` and ``λ``).
+        """
+        return self._foldin.user(items, weights)
 
     def recommend_from_history(self, item_ids: Any, k: int = 10, weights: Any = None, exclude_seen: bool = True,
                                candidates: Any = None, exclude: Any = None,
@@ -350,8 +346,9 @@ class Retriever:
         """Top-``k`` for an anonymous or brand-new user from the items they interacted with.
 
         The user vector is folded in from the history (no retraining); an empty history
-        falls back to popular items. ``weights`` (one per item, >= 0) are the
-        confidences of the interactions (default 1). Unknown history ids raise
+        falls back to popular items. ``weights`` (one per item, >= 0) are the raw
+        interaction values, as in the training data (ratings, counts; default 1): the
+        model's own weighting is applied to them here. Unknown history ids raise
         :class:`~recsys.errors.UnknownIdError` unless ``ignore_unknown``.
         """
         k, allowed, common = self._common(k, candidates, exclude)
