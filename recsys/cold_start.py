@@ -34,65 +34,43 @@ blending on vs off: turning blending on must not hurt it).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import polars as pl
 import scipy.sparse as sp
 
 from recsys.data.dataset import Dataset
-from recsys.data.idmap import IdMap
-from recsys.data.splits import SplitConfig, split
+from recsys.data.in_memory import build_cold_start_dataset
 from recsys.embeddings.blend import ContentBlender, ItemVectorTable
 from recsys.embeddings.encoders import l2_normalise
 from recsys.errors import InputError
 from recsys.evaluation import evaluate
-from recsys.models.base import FactorModel, Recommender
+from recsys.models.als import ALS
+from recsys.models.base import Recommender
+from recsys.models.fixed_vectors import FixedVectors, RandomScores
+from recsys.models.two_tower import TwoTower  # imports no torch until it trains
 
 log = logging.getLogger(__name__)
 
+# FixedVectors, RandomScores and build_cold_start_dataset have their own modules; they are
+# re-exported because the evaluation is where callers meet them.
+__all__ = [
+    "DEFAULT_KS",
+    "ColdStartReport",
+    "FixedVectors",
+    "RandomScores",
+    "als_vectors",
+    "build_cold_start_dataset",
+    "evaluate_cold_start",
+    "two_tower_vectors",
+    "user_content_profiles",
+]
+
 DEFAULT_KS: tuple[int, ...] = (10, 20, 50)
-
-
-class FixedVectors(FactorModel):
-    """A recommender over precomputed user and item vectors (scores are inner products).
-
-    Lets any method that ends in vectors (content profiles, mapped content, a blended
-    item table) be evaluated and served exactly like a trained factor model.
-    """
-
-    @classmethod
-    def from_vectors(cls, user_vectors: np.ndarray, item_vectors: np.ndarray, user_items: sp.spmatrix) -> FixedVectors:
-        """Wrap vectors; ``user_items`` gives what ``recommend(exclude_seen=True)`` removes."""
-        u = np.asarray(user_vectors, np.float32)
-        v = np.asarray(item_vectors, np.float32)
-        if u.ndim != 2 or v.ndim != 2 or u.shape[1] != v.shape[1]:
-            raise InputError(f"user and item vectors must be 2-D with equal width, got {u.shape} and {v.shape}")
-        if user_items.shape != (len(u), len(v)):
-            raise InputError(f"user_items has shape {user_items.shape}, expected {(len(u), len(v))}")
-        model = cls()
-        return model.fit(user_items, user_vectors=u, item_vectors=v)  # type: ignore[return-value]
-
-    def _fit(self, user_items: sp.csr_matrix, **kwargs: Any) -> None:
-        self.user_factors_ = kwargs["user_vectors"]
-        self.item_factors_ = kwargs["item_vectors"]
-
-
-class RandomScores(Recommender):
-    """Uniform random scores, reproducible per (seed, batch of users); the floor to beat."""
-
-    def __init__(self, random_state: int = 0) -> None:
-        self.random_state = random_state
-
-    def _fit(self, user_items: sp.csr_matrix, **kwargs: Any) -> None:
-        pass
-
-    def _score(self, user_indices: np.ndarray) -> np.ndarray:
-        rng = np.random.default_rng([self.random_state, int(user_indices[0]) if len(user_indices) else 0, len(user_indices)])
-        return rng.random((len(user_indices), self.n_items_), dtype=np.float32)
 
 
 def user_content_profiles(user_items: sp.spmatrix, content: np.ndarray) -> np.ndarray:
@@ -107,59 +85,6 @@ def user_content_profiles(user_items: sp.spmatrix, content: np.ndarray) -> np.nd
     b = m.copy()
     b.data = np.ones_like(b.data, dtype=np.float32)
     return l2_normalise(np.asarray(b @ content, np.float32))
-
-
-def build_cold_start_dataset(
-    interactions: pl.DataFrame,
-    items: pl.DataFrame | None = None,
-    cold_frac: float = 0.1,
-    min_interactions: int = 5,
-    test_frac: float = 0.2,
-    valid_frac: float = 0.1,
-    seed: int = 0,
-) -> Dataset:
-    """A :class:`Dataset` with a cold-item holdout, from raw ``user``/``item`` tables.
-
-    Uses the spine's seeded split (:func:`recsys.data.splits.split`): ``cold_frac`` of the
-    items with at least ``min_interactions`` interactions go entirely to ``test_cold``;
-    the rest is split per user at random into train/valid/test.
-
-    Parameters
-    ----------
-    interactions : polars.DataFrame
-        Columns ``user``, ``item`` and optionally ``weight`` (default 1) and ``timestamp``.
-    items : polars.DataFrame, optional
-        Item metadata with an ``item`` column (external id) and text columns. Items in it
-        without interactions are added to the catalogue (they are cold by construction).
-    """
-    for c in ("user", "item"):
-        if c not in interactions.columns:
-            raise InputError(f"interactions need a {c!r} column, got {interactions.columns}")
-    df = interactions.with_columns(pl.col("user").cast(pl.Utf8), pl.col("item").cast(pl.Utf8))
-    if "weight" not in df.columns:
-        df = df.with_columns(weight=pl.lit(1.0, pl.Float32))
-    users = IdMap(sorted(df["user"].unique().to_list()), "user")
-    item_ids = sorted(df["item"].unique().to_list())
-    if items is not None:
-        if "item" not in items.columns:
-            raise InputError(f"item metadata needs an 'item' column, got {items.columns}")
-        extra = set(items["item"].cast(pl.Utf8).to_list()) - set(item_ids)
-        item_ids += sorted(extra)
-    imap = IdMap(item_ids, "item")
-    cols = ["user_idx", "item_idx", "weight"] + (["timestamp"] if "timestamp" in df.columns else [])
-    df = df.with_columns(
-        user_idx=pl.Series(users.to_index(df["user"].to_list()), dtype=pl.Int32),
-        item_idx=pl.Series(imap.to_index(df["item"].to_list()), dtype=pl.Int32),
-        weight=pl.col("weight").cast(pl.Float32),
-    ).select(cols).sort("user_idx", "item_idx")
-    parts = split(df, SplitConfig("random", test_frac=test_frac, valid_frac=valid_frac, cold_item_frac=cold_frac,
-                                  cold_min_interactions=min_interactions, seed=seed))
-    meta = pl.DataFrame({"item_idx": np.arange(len(imap), dtype=np.int32), "external_id": imap.ids})
-    if items is not None:
-        meta = meta.join(items.with_columns(pl.col("item").cast(pl.Utf8)).rename({"item": "external_id"}), on="external_id", how="left")
-    manifest = {"split": {"strategy": "random", "test_frac": test_frac, "valid_frac": valid_frac, "cold_item_frac": cold_frac,
-                          "cold_min_interactions": min_interactions, "seed": seed}}
-    return Dataset(parts, users, imap, meta, manifest)
 
 
 @dataclass
@@ -277,19 +202,7 @@ def evaluate_cold_start(
 
 def als_vectors(train: sp.spmatrix, factors: int = 64, regularization: float = 10.0, iterations: int = 15,
                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """User and item vectors of implicit ALS fitted on ``train`` (the CF space to blend into).
-
-    Uses :class:`recsys.models.als.ALS` when available, else ``implicit`` directly (same
-    solver), so the evaluation does not depend on the model wrapper's state.
-    """
-    try:
-        from recsys.models.als import ALS
-    except ImportError:  # pragma: no cover - wrapper missing: same solver, called directly
-        from implicit.als import AlternatingLeastSquares
-
-        m = AlternatingLeastSquares(factors=factors, regularization=regularization, iterations=iterations, random_state=seed)
-        m.fit(sp.csr_matrix(train, dtype=np.float32), show_progress=False)
-        return np.asarray(m.user_factors, np.float32), np.asarray(m.item_factors, np.float32)
+    """User and item vectors of implicit ALS fitted on ``train`` (the CF space to blend into)."""
     model = ALS(factors=factors, regularization=regularization, iterations=iterations, random_state=seed, device="cpu")
     model.fit(train)
     return model.user_factors_, model.item_factors_
@@ -300,10 +213,8 @@ def two_tower_vectors(ds: Dataset, content: np.ndarray, **params: Any) -> tuple[
     item tower's content-only vector (id embedding dropped). ``None`` if the model is
     unavailable, so the cold-start table is still produced without it.
     """
-    try:
-        from recsys.models.two_tower import TwoTower
-    except ImportError as e:
-        log.warning("two-tower skipped: %s", e)
+    if importlib.util.find_spec("torch") is None:  # torch is what TwoTower trains with
+        log.warning("two-tower skipped: torch is not installed")
         return None
     params = {"item_id_dropout": 0.5, "epochs": 10, "device": "cpu", **params}
     model = TwoTower(**params).fit(ds.matrix("train"), pairs=ds.split("train"), item_features=np.asarray(content, np.float32))
