@@ -88,7 +88,8 @@ def test_rank_slices_of_seeded_batches_reassemble_the_single_process_batches():
 
     csr, pairs, _, _ = synthetic()
     hist = np.tile(np.arange(8), (csr.shape[0], 1))
-    data = TrainData(pairs["user_idx"].to_numpy(), pairs["item_idx"].to_numpy(), None, hist, None, None, csr.shape[1])
+    data = TrainData(users=pairs["user_idx"].to_numpy(), items=pairs["item_idx"].to_numpy(), weights=None, histories=hist,
+                     user_categorical=None, user_dense=None, n_items=csr.shape[1])  # fmt: skip
     kw = {"user_id_dropout": 0.3, "item_id_dropout": 0.3, "history_dropout": 0.8, "short_history": 0.2, "n_negatives": 3}
     single = list(PairBatches(data, 32, seed=5, **kw))
     ranks = [list(PairBatches(data, 32, seed=5, rank=r, world_size=2, **kw)) for r in range(2)]

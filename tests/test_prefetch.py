@@ -50,8 +50,8 @@ def test_prefetched_batches_match_the_synchronous_ones():
     from recsys.models.trainer import PairBatches, TrainData
 
     rng = np.random.default_rng(0)
-    data = TrainData(rng.integers(0, 50, 500), rng.integers(0, 30, 500), None,
-                     rng.integers(-1, 30, (50, 6)), None, None, 30)  # fmt: skip
+    data = TrainData(users=rng.integers(0, 50, 500), items=rng.integers(0, 30, 500), weights=None,
+                     histories=rng.integers(-1, 30, (50, 6)), user_categorical=None, user_dense=None, n_items=30)  # fmt: skip
     pb = PairBatches(data, 64, seed=3, user_id_dropout=0.2, history_dropout=0.5, n_negatives=4)
     pb.set_epoch(2)
     for a, b in zip(list(pb), list(prefetch(pb)), strict=True):

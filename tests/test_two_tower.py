@@ -236,7 +236,8 @@ def test_short_history_cuts_that_share_of_rows_to_one_to_l_random_items():
     n_users, n_items, n_hist = 200, 500, 100
     hist = np.stack([rng.permutation(n_items)[:n_hist] for _ in range(n_users)])
     users = rng.integers(0, n_users, 4000)
-    data = TrainData(users, rng.integers(0, n_items, 4000), None, hist, None, None, n_items)
+    data = TrainData(users=users, items=rng.integers(0, n_items, 4000), weights=None, histories=hist,
+                     user_categorical=None, user_dense=None, n_items=n_items)  # fmt: skip
     batches = list(PairBatches(data, 1000, seed=1, short_history=0.3, short_history_len=5))
     rows = torch.cat([b["history"] for b in batches])
     n = (rows >= 0).sum(1)
