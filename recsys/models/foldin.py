@@ -203,7 +203,6 @@ class FoldIn:
         self.item_vectors = item_vectors
         self.n_items, self.dim = item_vectors.shape
         self._lhs: np.ndarray | None = None
-        self._y64 = np.asarray(item_vectors, np.float64) if spec.method == "bpr" else None
         if spec.method == "als":
             gram = spec.gram
             if gram is None:
@@ -238,7 +237,7 @@ class FoldIn:
             a = self._lhs + (y.T * (c - 1.0)) @ y  # type: ignore[operator]
             return np.linalg.solve(a, y.T @ c).astype(np.float32)
         if s.method == "bpr":
-            return _bpr_user(s, self._y64, idx)  # type: ignore[arg-type]
+            return _bpr_user(s, self.item_vectors, idx)
         v = (w[:, None].astype(np.float64) * self.item_vectors[idx]).sum(0) / max(float(w.sum()), 1e-12)
         return np.asarray(v, np.float32)
 
@@ -276,12 +275,16 @@ class FoldIn:
 
 
 def _bpr_user(s: FoldInSpec, vectors: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """BPR fold-in on fixed item factors ``[Y | bias]``; returns ``[x, 1]`` (the bias multiplier)."""
+    """BPR fold-in on fixed item factors ``[Y | bias]``; returns ``[x, 1]`` (the bias multiplier).
+
+    Rows are promoted to float64 one at a time (no float64 copy of a million-item catalogue).
+    """
     y, bias = vectors[:, :-1], vectors[:, -1]
     n_items, d = y.shape
     if s.solver == "lstsq":
         # minimise sum_i (p_i - x.y_i - b_i)^2 + reg |x|^2 over all items
-        target = -bias.copy()
+        y = np.asarray(y, np.float64)
+        target = -np.asarray(bias, np.float64)
         target[items] += 1.0
         x = np.linalg.solve(y.T @ y + np.eye(d) * max(float(s.regularization), 1e-6), y.T @ target)
         return np.r_[x, 1.0].astype(np.float32)
@@ -300,8 +303,8 @@ def _bpr_user(s: FoldInSpec, vectors: np.ndarray, items: np.ndarray) -> np.ndarr
                 neg[bad] = rng.integers(0, n_items, size=int(bad.sum()))
                 bad = seen[neg]
         for i, j in zip(pos, neg):
-            diff = y[i] - y[j]
-            g = expit(-(x @ diff + bias[i] - bias[j]))  # d/dz log(sigmoid(z)) = sigmoid(-z)
+            diff = y[i].astype(np.float64) - y[j]
+            g = expit(-(x @ diff + (float(bias[i]) - float(bias[j]))))  # d/dz log(sigmoid(z)) = sigmoid(-z)
             x += lr * (g * diff - reg * x)
     return np.r_[x, 1.0].astype(np.float32)
 
