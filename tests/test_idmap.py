@@ -25,6 +25,16 @@ def test_ints_and_strings_are_the_same_id() -> None:
     assert m.to_external(np.array([1, 0])).tolist() == ["2", "1"]
 
 
+def test_integral_floats_are_the_integer_id_and_fractions_stay_distinct() -> None:
+    m = IdMap([1, 2], "user")
+    assert m.to_index(2.0) == 1 and m.to_index(np.float32(1.0)) == 0
+    assert m.to_index([1.0, "2"]).tolist() == [0, 1]
+    assert 2.0 in m and 2.5 not in m
+    assert m.extend([3.0, 3]) == 1 and m.ids == ["1", "2", "3"]
+    with pytest.raises(UnknownIdError, match="2.5"):
+        m.to_index(2.5)
+
+
 def test_unknown_ids_raise_or_map_to_minus_one() -> None:
     m = IdMap(["x"], "user")
     with pytest.raises(UnknownIdError, match="unknown user id"):

@@ -35,11 +35,12 @@ import polars as pl
 from recsys.data.config import BuildConfig, WeightConfig
 from recsys.data.dataset import SCHEMA_VERSION, Dataset
 from recsys.data.idmap import IdMap
-from recsys.data.readers import read_items, require_columns, scan_table, window_bounds
+from recsys.data.profile import canonical_id_text, profile_input, time_horizon
+from recsys.data.readers import read_items, reading, require_columns, scan_table, window_bounds
 from recsys.data.splits import split
 from recsys.data.transforms import aggregate_pairs, apply_weights, categories_frame, encode_expr, kcore_mask, new_categories
-from recsys.data.validate import P_OK, annotate, canonical_frame, check_reject_share, empty_rejects, reason_counts, rejects_frame
-from recsys.errors import InputError
+from recsys.data.validate import F32_MAX, P_OK, annotate, canonical_frame, check_reject_share, empty_rejects, reason_counts, rejects_frame
+from recsys.errors import DataQualityError, InputError, SchemaError
 from recsys.io import atomic_dir, read_json, sha256_file, write_json
 
 __all__ = ["BuildConfig", "WeightConfig", "build_dataset"]
@@ -87,6 +88,7 @@ def map_codes(uniq: pl.DataFrame, id_col: str, code_col: str, used_codes: np.nda
     known = idmap.to_frame().rename({"external_id": id_col})
     j = uniq.with_columns(pl.col(id_col).cast(pl.String)).join(known, on=id_col, how="left")
     j = j.filter(pl.Series(used[j[code_col].to_numpy()]))
+    _check_id_forks(j[id_col], idmap)
     new = j.filter(pl.col("idx").is_null()).sort(id_col)
     start = len(idmap)
     idmap.append_new(new[id_col].to_list())
@@ -95,6 +97,57 @@ def map_codes(uniq: pl.DataFrame, id_col: str, code_col: str, used_codes: np.nda
     lookup[old[code_col].to_numpy()] = old["idx"].to_numpy()
     lookup[new[code_col].to_numpy()] = np.arange(start, start + new.height, dtype=np.int32)
     return lookup, new.height
+
+
+def _check_id_forks(ids: pl.Series, idmap: IdMap) -> None:
+    """Refuse ids that differ only by float formatting (``"12"`` and ``"12.0"``).
+
+    Float id columns are normalised when they are read, but a log whose files disagree
+    (integers in one, floats as text in another), or a previous id map written from
+    floats, would still fork every such id into two users or items, silently. Checked on
+    the distinct ids only, so it costs nothing per row.
+
+    Raises
+    ------
+    SchemaError
+        Naming one such pair and the fix.
+    """
+    every = pl.concat([ids, pl.Series(ids.name, idmap.ids, dtype=pl.String)]).unique()
+    dotted = every.filter(every.str.contains(".", literal=True))
+    canon = canonical_id_text(dotted)
+    clash = dotted.filter((canon != dotted) & canon.is_in(every.implode()))
+    if clash.len() == 0:
+        return
+    a = clash[0]
+    where = "this input" if not len(idmap) else "this input and the previous id map"
+    raise SchemaError(
+        f"{idmap.name} ids {a!r} and {canonical_id_text(clash.head(1))[0]!r} both occur in {where} ({clash.len()} such pairs): "
+        f"the same id written once as an integer and once as a float would become two {idmap.name}s. Write the ids as "
+        "integers in every file; if the previous dataset was built from float ids, rebuild it with --fresh-ids (indices change)"
+    )
+
+
+def _check_weight_overflow(agg: pl.DataFrame, config: BuildConfig) -> None:
+    """Merged weights must be finite float32: an inf weight aborts training much later.
+
+    Each row's value is checked against the float32 range in validation
+    (``weight_too_large``); event-weight multipliers and ``aggregate="sum"`` can still
+    overflow, which only the merged table shows.
+
+    Raises
+    ------
+    DataQualityError
+        Naming the input, a few (user, item) pairs with their row counts, and the fix.
+    """
+    bad = agg.filter(~pl.col("weight").is_finite())
+    if bad.height == 0:
+        return
+    examples = bad.head(3).select(user=pl.col("__u").cast(pl.String), item=pl.col("__i").cast(pl.String), rows=pl.col("__n")).to_dicts()
+    raise DataQualityError(
+        f"the events {config.events.path}: the weights of {bad.height} (user, item) pairs exceed the float32 maximum "
+        f"({F32_MAX:.4g}) once event weights and repeated rows are combined (aggregate={config.weights.aggregate!r}; "
+        f"e.g. {examples}). Rescale the weight column upstream, or merge repeated pairs with --aggregate max or last"
+    )
 
 
 def _items_table(config: BuildConfig, item_map: IdMap) -> tuple[pl.DataFrame, dict[str, Any], list[Path]]:
@@ -171,11 +224,14 @@ def build_dataset(
     m, w = config.mapping, config.weights
 
     scan, event_files = scan_table(config.events, config.as_of, config.window_days)
-    require_columns(scan, m.input_columns(), "events")
+    require_columns(scan, m.input_columns(), "events", config.events, event_files)
+    with reading(config.events, event_files, "events"):
+        profile = profile_input(scan, m, time_unit=config.time_unit, time_format=config.time_format, max_time=time_horizon(config.as_of))
+    lossy = config.events.encoding.lower().replace("_", "-") == "utf8-lossy"
     known = sorted(w.event_weights, key=lambda e: (w.event_weights[e], e)) if (w.event_weights and w.unknown_event_weight is None) else None
     # weight a function of the event type alone -> the strongest event is the Enum max
     by_type = known is not None and (m.weight is None or w.weighting == "threshold") and w.half_life_days is None
-    ann = annotate(scan, m, time_unit=config.time_unit, time_format=config.time_format, known_event_types=known, reasons=False)
+    ann = annotate(scan, m, time_format=config.time_format, known_event_types=known, reasons=False, profile=profile, lossy_utf8=lossy)
     weighted = apply_weights(
         canonical_frame(ann, m, keep_reason=True),
         has_value=m.weight is not None,
@@ -188,6 +244,7 @@ def build_dataset(
         half_life_days=w.half_life_days,
         reference_time=_reference_time(config),
         drop_below_threshold=False,
+        valid=pl.col(P_OK),
     )
     # One streaming pass. Good rows get dense codes for their ids (inside the scan) and
     # are merged on one uint64 (user, item) key; rejected rows share the null key and
@@ -206,22 +263,24 @@ def build_dataset(
         .drop("user_id", "item_id", P_OK, "below_threshold", strict=False),
         w.aggregate, keys=("__key",), count="__n", event_order_is_weight=by_type, carry=("__u", "__i"),
     )
-    try:
+    with reading(config.events, event_files, "events"):
         # one chunk: the streaming engine returns many, and gathers across chunks are slow
         grouped = plan.collect(engine="streaming").rechunk()
-    except pl.exceptions.ComputeError as e:
-        raise InputError(f"cannot read the events {config.events.path}: {e}") from None
     special = grouped["__key"].is_null() | (grouped["__key"] == _BELOW_KEY)
     n_rejected = int(grouped.filter(grouped["__key"].is_null())["__n"].sum())
     n_below = int(grouped.filter(grouped["__key"] == _BELOW_KEY)["__n"].sum())
     agg = grouped.filter(~special) if special.any() else grouped
     del grouped
+    _check_weight_overflow(agg, config)
     n_weighted = int(agg["__n"].sum())
     n_clean = n_weighted + n_below
     n_in = n_clean + n_rejected
+    if n_in == 0:
+        raise InputError(f"the events {config.events.path} hold no rows (a header only?); check the input and the upstream job")
     if n_rejected:  # second, filtered pass for the rejected rows and their reasons
-        full = annotate(scan, m, time_unit=config.time_unit, time_format=config.time_format, known_event_types=known)
-        rejects = rejects_frame(full, m).collect()
+        full = annotate(scan, m, time_format=config.time_format, known_event_types=known, profile=profile, lossy_utf8=lossy)
+        with reading(config.events, event_files, "events"):
+            rejects = rejects_frame(full, m).collect()
         if rejects.height != n_rejected:  # both passes apply the same rules to the same files
             raise InputError(
                 f"the events changed while being read ({n_rejected} rows failed validation in the first pass, "
@@ -287,6 +346,7 @@ def build_dataset(
             "out": table.height,
             "splits": {k: v.height for k, v in parts.items()},
         },
+        "input_profile": profile.to_dict(),
         "kcore": {"min_user": config.min_user_interactions, "min_item": config.min_item_interactions, "iterations": k_iter},
         "id_maps": {
             "previous": str(prev) if prev else None,

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from recsys.data.profile import TIME_UNITS
 from recsys.data.readers import InputSpec, window_bounds
 from recsys.data.splits import SplitConfig
 from recsys.data.transforms import AGGREGATES, WEIGHTINGS
@@ -89,9 +90,12 @@ class BuildConfig:
     item_text_cols : tuple of str
         Text columns kept for content embeddings.
     time_unit, time_format
-        How to parse the time column (unix ``"s"``/``"ms"``/...; strftime format for strings).
+        How to parse the time column: the unit of unix times (``"auto"`` infers it from
+        their magnitude, else ``"s"``/``"ms"``/``"us"``/``"ns"``); strftime format for strings.
     as_of, window_days
         Trailing window over date partitions (``window_days`` days ending on ``as_of``).
+        ``as_of`` also bounds plausible times: rows later than one day after its end
+        (one day after now without it) are rejected as ``timestamp_in_future``.
     weights : WeightConfig
     min_user_interactions, min_item_interactions : int
         Iterative k-core thresholds (1 = no filter).
@@ -109,7 +113,7 @@ class BuildConfig:
     items: InputSpec | None = None
     item_id_col: str | None = None
     item_text_cols: tuple[str, ...] = ()
-    time_unit: str = "s"
+    time_unit: str = "auto"
     time_format: str | None = None
     as_of: str | None = None
     window_days: int | None = None
@@ -133,6 +137,8 @@ class BuildConfig:
             raise ConfigError("item text columns are set but no item table (--items) is given")
         if not 0 <= self.max_reject_share <= 1:
             raise ConfigError(f"max_reject_share must be in [0, 1], got {self.max_reject_share}")
+        if self.time_unit != "auto" and self.time_unit not in TIME_UNITS:
+            raise ConfigError(f"time_unit must be 'auto' or one of {sorted(TIME_UNITS)}, got {self.time_unit!r}")
         window_bounds(self.as_of, self.window_days)  # validates early
 
     def to_dict(self) -> dict[str, Any]:

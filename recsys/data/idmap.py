@@ -3,7 +3,8 @@
 Models, embeddings and indexes work on contiguous ``int`` indices; only this map (when a
 dataset is built) and the :class:`~recsys.serving.retriever.Retriever` (when a question
 is answered) see external ids. External ids are normalised to strings so that an id
-read as ``int`` from one file and as ``str`` from another stays the same id.
+read as ``int`` from one file and as ``str`` from another stays the same id; an integral
+float (``12.0``, as pandas writes an int column with a gap) is the integer's id ``"12"``.
 
 The map is append-only: :meth:`IdMap.extend` gives new ids the next free indices and
 never moves an existing one, so an item keeps its index (and its row in every factor
@@ -23,6 +24,13 @@ from recsys.errors import InputError, UnknownIdError
 from recsys.io import atomic_path
 
 
+def id_text(external_id: object) -> str:
+    """The string form of one external id: ``12``, ``"12"`` and ``12.0`` are all ``"12"``."""
+    if isinstance(external_id, (float, np.floating)) and float(external_id).is_integer():
+        return str(int(external_id))
+    return str(external_id)
+
+
 class IdMap:
     """Bidirectional map between external ids (strings) and indices ``0..n-1``.
 
@@ -36,7 +44,7 @@ class IdMap:
 
     def __init__(self, ids: Sequence[str] | np.ndarray = (), name: str = "id") -> None:
         self.name = name
-        arr = np.asarray([str(x) for x in ids], dtype=object) if len(ids) else np.empty(0, object)
+        arr = np.asarray([id_text(x) for x in ids], dtype=object) if len(ids) else np.empty(0, object)
         self._ids: list[str] = list(arr)
         self._index: dict[str, int] = {s: i for i, s in enumerate(self._ids)}
         if len(self._index) != len(self._ids):
@@ -46,7 +54,7 @@ class IdMap:
         return len(self._ids)
 
     def __contains__(self, external_id: object) -> bool:
-        return str(external_id) in self._index
+        return id_text(external_id) in self._index
 
     def __repr__(self) -> str:
         return f"IdMap(name={self.name!r}, n={len(self)})"
@@ -60,7 +68,7 @@ class IdMap:
         """Append ids not yet known (in first-seen order); return how many were added."""
         added = 0
         for x in external_ids:
-            s = str(x)
+            s = id_text(x)
             if s not in self._index:
                 self._index[s] = len(self._ids)
                 self._ids.append(s)
@@ -78,7 +86,7 @@ class IdMap:
         InputError
             If an id is already in the map or repeated (the map would lose its 1:1 property).
         """
-        ids = [str(x) for x in external_ids]
+        ids = [id_text(x) for x in external_ids]
         start = len(self._ids)
         self._index.update(zip(ids, range(start, start + len(ids))))
         self._ids.extend(ids)
@@ -97,9 +105,9 @@ class IdMap:
             ``"raise"`` raises :class:`~recsys.errors.UnknownIdError` naming the first
             unknown ids; ``"ignore"`` returns ``-1`` for them.
         """
-        scalar = isinstance(external_ids, (str, int, np.integer))
+        scalar = isinstance(external_ids, (str, int, float, np.integer, np.floating))
         seq = [external_ids] if scalar else list(external_ids)  # type: ignore[arg-type]
-        out = np.fromiter((self._index.get(str(x), -1) for x in seq), dtype=np.int64, count=len(seq))
+        out = np.fromiter((self._index.get(id_text(x), -1) for x in seq), dtype=np.int64, count=len(seq))
         if missing == "raise" and (out < 0).any():
             unknown = [seq[i] for i in np.flatnonzero(out < 0)[:5]]
             raise UnknownIdError(f"unknown {self.name} id(s) {unknown}; they are not in the id map")

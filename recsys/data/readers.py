@@ -19,12 +19,15 @@ import glob
 import io
 import logging
 import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from recsys.errors import ConfigError, InputError
+from recsys.data.profile import id_expr, id_kind
+from recsys.errors import ConfigError, InputError, SchemaError
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,8 @@ class InputSpec:
     encoding : str
         Text encoding of CSV files (``"utf8"``, ``"latin-1"``, ...). Non-UTF-8 files are
         decoded in Python, which is fine for item tables but slow for huge logs.
+        ``"utf8-lossy"`` replaces invalid bytes by U+FFFD instead of failing (rows whose
+        ids they damage are then rejected, see :mod:`recsys.data.validate`).
     quote_char : str or None
         CSV quote character; ``None`` disables quoting.
     """
@@ -188,9 +193,83 @@ def _scan_csv(files: list[Path], spec: InputSpec) -> pl.LazyFrame:
         except LookupError:
             raise ConfigError(f"unknown encoding {spec.encoding!r} for {f}") from None
         except UnicodeDecodeError as e:
-            raise InputError(f"{f} is not valid {spec.encoding}: {e}") from None
+            raw = f.read_bytes()
+            line = raw[: e.start].count(b"\n") + 1
+            raise InputError(
+                f"{f}, line {line} (byte {e.start}): {raw[e.start:e.end]!r} is not valid {spec.encoding}; "
+                "set the file's real encoding (`encoding` in the config section of this input)"
+            ) from None
         frames.append(pl.read_csv(io.BytesIO(text.encode()), new_columns=rename, **common))
     return pl.concat(frames, how="vertical").lazy()
+
+
+def find_invalid_utf8(files: Sequence[Path], block: int = 1 << 20) -> tuple[Path, int, int, bytes] | None:
+    """The first byte sequence that is not UTF-8: ``(file, line, byte offset, bytes)``.
+
+    Polars only says "invalid utf-8 sequence"; a user needs the file and the line to
+    look at. Files are decoded block by block (a multi-byte character may straddle two
+    blocks), so this runs in constant memory; it is only called after a read failed.
+    """
+    for f in files:
+        base, line, pending = 0, 1, b""
+        with open(f, "rb") as fh:
+            while True:
+                chunk = fh.read(block)
+                data, final = pending + chunk, not chunk
+                try:
+                    data.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    if not final and e.reason == "unexpected end of data" and len(data) - e.start < 4:
+                        good, pending = data[: e.start], data[e.start :]  # completed by the next block
+                    else:
+                        line += data[: e.start].count(b"\n")
+                        return f, line, base + e.start, data[e.start : e.end]
+                else:
+                    good, pending = data, b""
+                if final:
+                    break
+                line += good.count(b"\n")
+                base += len(good)
+    return None
+
+
+def read_error(exc: Exception, spec: InputSpec, files: Sequence[Path], what: str) -> InputError:
+    """Translate a polars read failure into an :class:`~recsys.errors.InputError` that names the fix.
+
+    ``what`` names the input and the config section of its options: ``"events"`` or
+    ``"items"``.
+    """
+    msg = str(exc)
+    if "utf-8" in msg.lower() or "utf8" in msg.lower():
+        where = find_invalid_utf8(files) if spec.format != "parquet" else None
+        place = f"{where[0]}, line {where[1]} (byte {where[2]}): {where[3]!r} is" if where else f"{spec.path} is"
+        flag = " (or --events-encoding)" if what == "events" else ""
+        return InputError(
+            f"{place} not valid UTF-8. Set the encoding of the {what}: `encoding = \"utf8-lossy\"` in [{what}]{flag} "
+            "replaces invalid bytes (rows whose ids they damage are then rejected), or give the file's real "
+            "encoding, e.g. \"latin-1\""
+        )
+    if isinstance(exc, pl.exceptions.NoDataError):
+        return InputError(f"the {what} input {spec.path} is empty ({msg}); check the path and the upstream job")
+    if isinstance(exc, pl.exceptions.SchemaError):
+        return InputError(
+            f"the files of the {what} input {spec.path} disagree on their columns or types ({msg}); "
+            "write every file with the same schema, or read them in separate builds"
+        )
+    return InputError(f"cannot read the {what} {spec.path}: {msg}")
+
+
+@contextmanager
+def reading(spec: InputSpec, files: Sequence[Path], what: str) -> Iterator[None]:
+    """Turn polars read failures inside the block into input errors (exit code 2).
+
+    Only failures of reading (parse errors, bad bytes, files that disagree, empty
+    files) are translated: any other exception is a bug and stays what it is.
+    """
+    try:
+        yield
+    except (pl.exceptions.ComputeError, pl.exceptions.NoDataError, pl.exceptions.SchemaError) as e:
+        raise read_error(e, spec, files, what) from None
 
 
 def scan_table(spec: InputSpec, as_of: str | dt.date | None = None, window_days: int | None = None) -> tuple[pl.LazyFrame, list[Path]]:
@@ -223,19 +302,28 @@ def scan_table(spec: InputSpec, as_of: str | dt.date | None = None, window_days:
     return lf, files
 
 
-def require_columns(lf: pl.LazyFrame, columns: list[str], what: str) -> None:
-    """Raise :class:`~recsys.errors.SchemaError` naming missing columns and the ones present."""
-    from recsys.errors import SchemaError
+def require_columns(
+    lf: pl.LazyFrame, columns: list[str], what: str, spec: InputSpec | None = None, files: Sequence[Path] = (), section: str = "events"
+) -> None:
+    """Raise :class:`~recsys.errors.SchemaError` naming missing columns and the ones present.
 
+    With ``spec`` (and the ``files`` scanned), a failure to read even the header is
+    explained as :func:`read_error` does (file, line, the encoding option).
+    """
     try:
         present = lf.collect_schema().names()
     except pl.exceptions.PolarsError as e:
+        if spec is not None:
+            raise read_error(e, spec, files, section) from None
         raise InputError(f"cannot read the {what}: {e}") from None
     missing = [c for c in columns if c not in present]
     if missing:
+        damaged = [c for c in present if "\ufffd" in c]
+        hint = (f" The header has bytes that are not UTF-8 ({damaged}): set the `encoding` of the input in [{section}]"
+                if damaged else "")
         raise SchemaError(
             f"{what} have no column(s) {missing}; columns present: {present}. "
-            "Fix the column mapping (--user-col, --item-col, ... or the config file)"
+            f"Fix the column mapping (--user-col, --item-col, ... or the config file).{hint}"
         )
 
 
@@ -258,11 +346,15 @@ def read_items(spec: InputSpec, id_col: str, text_cols: tuple[str, ...] | list[s
     if clash:
         raise ConfigError(f"item text column name(s) {sorted(clash)} are reserved; rename them in the item table")
     lf, files = scan_table(spec)
-    require_columns(lf, [id_col, *text_cols], "item metadata")
-    ident = pl.col(id_col).cast(pl.String).str.strip_chars()
-    df = lf.select(ident.alias("external_id"), *[pl.col(c).cast(pl.String) for c in text_cols if c != id_col], *(
-        [pl.col(id_col).cast(pl.String).alias(f"{id_col}__text")] if id_col in text_cols else []
-    )).collect()
+    require_columns(lf, [id_col, *text_cols], "item metadata", spec, files, "items")
+    with reading(spec, files, "items"):
+        # the same normalisation as the item ids of the events (1.0 -> "1"), or items and
+        # their metadata would not meet
+        kind = id_kind(lf, id_col, lf.collect_schema()[id_col], "item", flag="--item-id-col")
+        ident = id_expr(id_col, kind).cast(pl.String)
+        df = lf.select(ident.alias("external_id"), *[pl.col(c).cast(pl.String) for c in text_cols if c != id_col], *(
+            [pl.col(id_col).cast(pl.String).alias(f"{id_col}__text")] if id_col in text_cols else []
+        )).collect()
     if id_col in text_cols:
         df = df.rename({f"{id_col}__text": id_col})
     rows = df.height

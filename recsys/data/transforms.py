@@ -36,6 +36,7 @@ def apply_weights(
     half_life_days: float | None = None,
     reference_time: int | None = None,
     drop_below_threshold: bool = True,
+    valid: pl.Expr | None = None,
 ) -> pl.LazyFrame:
     """Compute the ``weight`` (confidence) of every interaction.
 
@@ -48,11 +49,14 @@ def apply_weights(
       with value 1, the others are removed (the caller counts them). This is the usual
       "rating >= 4 is a like" protocol.
     - ``half_life_days``: an interaction ``half_life_days`` older than the reference
-      time (default: the newest timestamp) counts half.
+      time (default: the newest timestamp among the ``valid`` rows) counts half.
 
     The raw value is kept as ``rating`` (float32) so evaluation can still use it.
     With ``drop_below_threshold=False`` rows under the threshold are kept and marked
     by a boolean ``below_threshold`` column instead (the caller counts and drops them).
+    ``valid`` marks the rows that passed validation when ``lf`` still holds rejected ones
+    (one streaming pass does both): a rejected row, such as one dated in the year 2100,
+    must not become the reference time that decays every other row to zero.
     """
     if weighting not in WEIGHTINGS:
         raise ConfigError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
@@ -75,7 +79,8 @@ def apply_weights(
         ew = pl.col("event_type").replace_strict(dict(event_weights), default=unknown_event_weight, return_dtype=pl.Float64)
         w = w * ew
     if half_life_days is not None:
-        ref = pl.col("timestamp").max() if reference_time is None else pl.lit(reference_time)
+        ts = pl.col("timestamp") if valid is None else pl.col("timestamp").filter(valid)
+        ref = ts.max() if reference_time is None else pl.lit(reference_time)
         age_days = (ref - pl.col("timestamp")).cast(pl.Float64) / _DAY
         w = w * (2.0 ** (-age_days.clip(lower_bound=0.0) / half_life_days))
     out = lf

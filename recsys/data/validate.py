@@ -9,18 +9,26 @@ row with a reason instead of dropping it; the build writes those rows to
 Rules (the first failing one names the row's reason):
 
 =======================  ==========================================================
-``user_id_missing``      null, empty or whitespace-only user id
+``user_id_missing``      null, empty or whitespace-only user id (NaN in a float column)
 ``item_id_missing``      null, empty or whitespace-only item id
+``user_id_not_utf8``     user id holds U+FFFD, a byte replaced by ``encoding="utf8-lossy"``
+``item_id_not_utf8``     item id holds U+FFFD (same)
 ``timestamp_missing``    time column mapped but the value is null
 ``timestamp_unparsable`` neither a number (unix time) nor a date-time string
+``timestamp_before_1970`` a negative unix time
+``timestamp_in_future``  later than ``max_time`` (``as_of`` or now, plus one day)
 ``weight_missing``       weight/rating column mapped but the value is null
 ``weight_not_numeric``   weight/rating is not a number (``"abc"``)
 ``weight_nan``           weight/rating is NaN
 ``weight_infinite``      weight/rating is +/- infinity
 ``weight_negative``      weight/rating below zero
+``weight_too_large``     weight/rating above the float32 maximum (3.4e38): stored as inf
 ``event_type_missing``   event-type column mapped but the value is null/empty
 ``event_type_unknown``   event type not in the configured event weights
 =======================  ==========================================================
+
+Column-level problems (float or boolean id columns, the unit of numeric times) are
+decided once per input by :mod:`recsys.data.profile` before these rules run.
 
 Everything here builds polars expressions; nothing is evaluated row by row.
 """
@@ -31,8 +39,10 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 
+from recsys.data.profile import FLOAT, INT, TIME_UNITS, InputProfile, id_expr, profile_input
 from recsys.errors import ConfigError, DataQualityError
 
 log = logging.getLogger(__name__)
@@ -40,13 +50,18 @@ log = logging.getLogger(__name__)
 REASONS = (
     "user_id_missing",
     "item_id_missing",
+    "user_id_not_utf8",
+    "item_id_not_utf8",
     "timestamp_missing",
     "timestamp_unparsable",
+    "timestamp_before_1970",
+    "timestamp_in_future",
     "weight_missing",
     "weight_not_numeric",
     "weight_nan",
     "weight_infinite",
     "weight_negative",
+    "weight_too_large",
     "event_type_missing",
     "event_type_unknown",
 )
@@ -54,7 +69,7 @@ REASON_COL = "reason"
 # parsed columns carry a prefix so they never collide with input names like "timestamp"
 P_USER, P_ITEM, P_TIME, P_VALUE, P_EVENT, P_REASON = "__user_id", "__item_id", "__timestamp", "__value", "__event_type", "__reason"
 P_OK = "__ok"  # with annotate(reasons=False): True for rows passing every rule
-_TIME_UNITS = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+F32_MAX = float(np.finfo(np.float32).max)  # weights are stored as float32
 
 
 @dataclass(frozen=True)
@@ -71,39 +86,10 @@ class ColumnMapping:
         return [c for c in (self.user, self.item, self.weight, self.time, self.event_type) if c is not None]
 
 
-def _id_expr(name: str, dtype: pl.DataType) -> pl.Expr:
-    """Normalise an id column: strings stripped (empty -> null); ints kept as they are."""
-    c = pl.col(name)
-    if dtype.is_integer():
-        return c
-    if dtype == pl.String:
-        return c.str.strip_chars()  # empty ids are caught by the rule (no copy via when/then)
-    return c.cast(pl.String)
-
-
-def _id_missing(name: str) -> pl.Expr:
-    c = pl.col(name)
-    return c.is_null() | (c.str.len_bytes() == 0)
-
-
-def _strings_look_numeric(lf: pl.LazyFrame, name: str, n: int = 1000) -> bool | None:
-    """Whether the first ``n`` non-null values of a string time column are all numbers.
-
-    Parsing date-time strings with an inferred format costs ~50x more than casting
-    numbers, and evaluating both parsers on every row of a 10M-row log doubles the
-    build time. Peeking at the head of the file (a cheap, streamed read) picks one
-    parser; ``None`` (mixed or empty sample) keeps both.
-    """
-    s = pl.col(name).str.strip_chars()
-    sample = lf.select(s).drop_nulls().head(n).collect()[name]
-    if sample.len() == 0:
-        return None
-    numeric = sample.cast(pl.Float64, strict=False).is_not_null()
-    if numeric.all():
-        return True
-    if not numeric.any():
-        return False
-    return None
+def _id_missing(expr: pl.Expr, kind: str) -> pl.Expr:
+    if kind in (INT, FLOAT):
+        return expr.is_null()
+    return expr.is_null() | (expr.str.len_bytes() == 0)
 
 
 def _time_expr(name: str, dtype: pl.DataType, unit: str, fmt: str | None, numeric: bool | None = None) -> pl.Expr:
@@ -112,9 +98,9 @@ def _time_expr(name: str, dtype: pl.DataType, unit: str, fmt: str | None, numeri
     ``numeric`` (for string columns) selects the number parser (``True``), the
     date-time parser (``False``) or both (``None``).
     """
-    if unit not in _TIME_UNITS:
-        raise ConfigError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {unit!r}")
-    div = _TIME_UNITS[unit]
+    if unit not in TIME_UNITS:
+        raise ConfigError(f"time_unit must be one of {sorted(TIME_UNITS)}, got {unit!r}")
+    div = TIME_UNITS[unit]
     c = pl.col(name)
 
     def from_number(x: pl.Expr) -> pl.Expr:
@@ -171,10 +157,13 @@ def annotate(
     lf: pl.LazyFrame,
     mapping: ColumnMapping,
     *,
-    time_unit: str = "s",
+    time_unit: str = "auto",
     time_format: str | None = None,
     known_event_types: Sequence[str] | None = None,
     reasons: bool = True,
+    profile: InputProfile | None = None,
+    max_time: int | None = None,
+    lossy_utf8: bool = False,
 ) -> pl.LazyFrame:
     """Add parsed columns and a reason column (null for good rows) to a scanned log.
 
@@ -183,8 +172,8 @@ def annotate(
     lf : polars.LazyFrame
         The input as scanned (CSV columns are strings, Parquet keeps its types).
     mapping : ColumnMapping
-    time_unit : {"s", "ms", "us", "ns"}
-        Unit of numeric timestamps.
+    time_unit : {"auto", "s", "ms", "us", "ns"}
+        Unit of numeric timestamps; ``"auto"`` infers it from their magnitude.
     time_format : str or None
         strftime format of date-time strings; ``None`` accepts unix numbers and infers
         the date-time format.
@@ -194,6 +183,21 @@ def annotate(
     reasons : bool
         ``False`` adds only a boolean ``__ok`` (no reason strings): what a pass that
         counts rejects but does not report them needs, at a fraction of the cost.
+    profile : InputProfile or None
+        Column-level decisions (:func:`~recsys.data.profile.profile_input`); computed
+        from ``time_unit``, ``time_format`` and ``max_time`` when ``None``. Pass the same
+        profile to every pass over one input so that they agree.
+    max_time : int or None
+        Latest accepted unix time (default: now + 1 day); ignored with ``profile``.
+    lossy_utf8 : bool
+        The input was decoded with ``encoding="utf8-lossy"``: ids holding the replacement
+        character U+FFFD (a damaged byte) are rejected instead of becoming new ids.
+
+    Raises
+    ------
+    SchemaError
+        An id column cannot hold ids (booleans, fractional floats) or no time unit gives
+        plausible dates (see :mod:`recsys.data.profile`).
 
     Returns
     -------
@@ -202,21 +206,30 @@ def annotate(
         [``__timestamp`` int64 s, ``__value`` float64, ``__event_type``] and ``__reason``.
     """
     schema = lf.collect_schema()
+    if profile is None:
+        profile = profile_input(lf, mapping, time_unit=time_unit, time_format=time_format, max_time=max_time)
     parsed = [
-        _id_expr(mapping.user, schema[mapping.user]).alias(P_USER),
-        _id_expr(mapping.item, schema[mapping.item]).alias(P_ITEM),
+        id_expr(mapping.user, profile.user_kind).alias(P_USER),
+        id_expr(mapping.item, profile.item_kind).alias(P_ITEM),
     ]
     rules: list[tuple[pl.Expr, str]] = [
-        (_id_missing(P_USER) if not schema[mapping.user].is_integer() else pl.col(P_USER).is_null(), "user_id_missing"),
-        (_id_missing(P_ITEM) if not schema[mapping.item].is_integer() else pl.col(P_ITEM).is_null(), "item_id_missing"),
+        (_id_missing(pl.col(P_USER), profile.user_kind), "user_id_missing"),
+        (_id_missing(pl.col(P_ITEM), profile.item_kind), "item_id_missing"),
     ]
+    if lossy_utf8:
+        for col, kind, name in ((P_USER, profile.user_kind, "user_id_not_utf8"), (P_ITEM, profile.item_kind, "item_id_not_utf8")):
+            if kind not in (INT, FLOAT):
+                rules.append((pl.col(col).str.contains("\ufffd", literal=True), name))
     if mapping.time is not None:
         dtype = schema[mapping.time]
-        numeric = _strings_look_numeric(lf, mapping.time) if dtype == pl.String and time_format is None else None
-        parsed.append(_time_expr(mapping.time, dtype, time_unit, time_format, numeric).alias(P_TIME))
+        unit = profile.time_unit or "s"
+        parsed.append(_time_expr(mapping.time, dtype, unit, time_format, profile.time_numeric).alias(P_TIME))
+        t = pl.col(P_TIME)
         rules += [
             (pl.col(mapping.time).is_null(), "timestamp_missing"),
-            (pl.col(P_TIME).is_null(), "timestamp_unparsable"),
+            (t.is_null(), "timestamp_unparsable"),
+            (t < 0, "timestamp_before_1970"),
+            (t > profile.max_time, "timestamp_in_future"),
         ]
     if mapping.weight is not None:
         parsed.append(_value_expr(mapping.weight, schema[mapping.weight]).alias(P_VALUE))
@@ -227,6 +240,7 @@ def annotate(
             (v.is_nan(), "weight_nan"),
             (v.is_infinite(), "weight_infinite"),
             (v < 0, "weight_negative"),
+            (v > F32_MAX, "weight_too_large"),
         ]
     if mapping.event_type is not None:
         parsed.append(_event_expr(mapping.event_type, known_event_types).alias(P_EVENT))
@@ -273,15 +287,16 @@ def validate_rows(
     lf: pl.LazyFrame,
     mapping: ColumnMapping,
     *,
-    time_unit: str = "s",
+    time_unit: str = "auto",
     time_format: str | None = None,
     known_event_types: Sequence[str] | None = None,
+    max_time: int | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Validate a scanned log eagerly: ``(clean rows, rejected rows)``.
 
     Convenient for small inputs and tests; the build pipeline streams instead (it
     aggregates good rows and counts rejects in one pass, then re-reads only the
-    rejected rows with :func:`rejects_frame`).
+    rejected rows with :func:`rejects_frame`). Parameters as in :func:`annotate`.
 
     Returns
     -------
@@ -290,7 +305,7 @@ def validate_rows(
     rejects : polars.DataFrame
         As :func:`rejects_frame` (input values as strings + ``reason``), in file order.
     """
-    ann = annotate(lf, mapping, time_unit=time_unit, time_format=time_format, known_event_types=known_event_types)
+    ann = annotate(lf, mapping, time_unit=time_unit, time_format=time_format, known_event_types=known_event_types, max_time=max_time)
     clean, rejects = pl.collect_all([canonical_frame(ann, mapping), rejects_frame(ann, mapping)])
     return clean, rejects
 
