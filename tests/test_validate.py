@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import polars as pl
 import pytest
 
+from recsys.data.profile import infer_time_unit, time_horizon
 from recsys.data.validate import ColumnMapping, check_reject_share, reason_counts, validate_rows
-from recsys.errors import DataQualityError
+from recsys.errors import DataQualityError, SchemaError
 
 FULL = ColumnMapping(user="u", item="i", weight="w", time="t", event_type="e")
 
@@ -86,3 +88,23 @@ def test_reason_counts_and_share_threshold() -> None:
     check_reject_share(300, counts, 0.01)  # exactly 1%: allowed
     with pytest.raises(DataQualityError, match=r"3 of 299 rows \(1.00%\).*weight_nan=2"):
         check_reject_share(299, counts, 0.01)
+
+
+@pytest.mark.parametrize(
+    ("median", "unit"),
+    [(1.7e9, "s"), (8.8e8, "s"), (1.7e12, "ms"), (1.7e15, "us"), (1.7e18, "ns"), (5e5, "s"), (0.0, "s")],
+)
+def test_time_unit_is_inferred_from_the_magnitude(median: float, unit: str) -> None:
+    horizon = time_horizon("2026-11-25")
+    assert infer_time_unit(np.array([median, median, np.nan]), horizon, "t") == unit
+
+
+@pytest.mark.parametrize("median", [5e10, -1e9, 1e21])
+def test_an_implausible_magnitude_is_refused_with_a_time_unit_hint(median: float) -> None:
+    with pytest.raises(SchemaError, match=r"time column 't'.*--time-unit"):
+        infer_time_unit(np.array([median]), time_horizon("2026-11-25"), "t")
+
+
+def test_time_horizon_is_one_day_after_the_end_of_as_of_or_now() -> None:
+    assert time_horizon("2026-11-25") == 1795564800 + 2 * 86_400  # 2026-11-27 00:00 UTC
+    assert time_horizon(None, now=1_000.0) == 1_000 + 86_400

@@ -88,7 +88,7 @@ def map_codes(uniq: pl.DataFrame, id_col: str, code_col: str, used_codes: np.nda
     known = idmap.to_frame().rename({"external_id": id_col})
     j = uniq.with_columns(pl.col(id_col).cast(pl.String)).join(known, on=id_col, how="left")
     j = j.filter(pl.Series(used[j[code_col].to_numpy()]))
-    _check_id_forks(j[id_col], idmap)
+    _check_id_forks(j[id_col], known[id_col], idmap.name)
     new = j.filter(pl.col("idx").is_null()).sort(id_col)
     start = len(idmap)
     idmap.append_new(new[id_col].to_list())
@@ -99,7 +99,7 @@ def map_codes(uniq: pl.DataFrame, id_col: str, code_col: str, used_codes: np.nda
     return lookup, new.height
 
 
-def _check_id_forks(ids: pl.Series, idmap: IdMap) -> None:
+def _check_id_forks(ids: pl.Series, known: pl.Series, name: str) -> None:
     """Refuse ids that differ only by float formatting (``"12"`` and ``"12.0"``).
 
     Float id columns are normalised when they are read, but a log whose files disagree
@@ -112,17 +112,18 @@ def _check_id_forks(ids: pl.Series, idmap: IdMap) -> None:
     SchemaError
         Naming one such pair and the fix.
     """
-    every = pl.concat([ids, pl.Series(ids.name, idmap.ids, dtype=pl.String)]).unique()
-    dotted = every.filter(every.str.contains(".", literal=True))
+    every = pl.concat([ids, known.rename(ids.name)])
+    dotted = every.filter(every.str.contains(".", literal=True))  # a cheap scan; usually empty
+    if dotted.len() == 0:
+        return
     canon = canonical_id_text(dotted)
-    clash = dotted.filter((canon != dotted) & canon.is_in(every.implode()))
+    clash = dotted.filter((canon != dotted) & canon.is_in(every.implode())).unique(maintain_order=True)
     if clash.len() == 0:
         return
-    a = clash[0]
-    where = "this input" if not len(idmap) else "this input and the previous id map"
+    where = "this input and the previous id map" if known.len() else "this input"
     raise SchemaError(
-        f"{idmap.name} ids {a!r} and {canonical_id_text(clash.head(1))[0]!r} both occur in {where} ({clash.len()} such pairs): "
-        f"the same id written once as an integer and once as a float would become two {idmap.name}s. Write the ids as "
+        f"{name} ids {clash[0]!r} and {canonical_id_text(clash.head(1))[0]!r} both occur in {where} ({clash.len()} such ids): "
+        f"the same id written once as an integer and once as a float would become two {name}s. Write the ids as "
         "integers in every file; if the previous dataset was built from float ids, rebuild it with --fresh-ids (indices change)"
     )
 

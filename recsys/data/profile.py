@@ -255,8 +255,8 @@ def profile_input(
             numbers = _head(lf, pl.col(mapping.time).cast(pl.Float64)).to_numpy()
         unit = time_unit
         if time_unit == "auto":
-            inferred = True
-            unit = infer_time_unit(numbers, max_time, mapping.time) if numbers is not None else "s"
-            if numbers is not None:
+            inferred = numbers is not None  # date-time strings and datetime columns have no unit to infer
+            unit = infer_time_unit(numbers, max_time, mapping.time) if inferred else "s"
+            if inferred:
                 log.info("time column %r: unit inferred as %r from its first values", mapping.time, unit)
     return InputProfile(user_kind, item_kind, unit, inferred, numeric, max_time)

@@ -8,24 +8,24 @@ row with a reason instead of dropping it; the build writes those rows to
 
 Rules (the first failing one names the row's reason):
 
-=======================  ==========================================================
-``user_id_missing``      null, empty or whitespace-only user id (NaN in a float column)
-``item_id_missing``      null, empty or whitespace-only item id
-``user_id_not_utf8``     user id holds U+FFFD, a byte replaced by ``encoding="utf8-lossy"``
-``item_id_not_utf8``     item id holds U+FFFD (same)
-``timestamp_missing``    time column mapped but the value is null
-``timestamp_unparsable`` neither a number (unix time) nor a date-time string
-``timestamp_before_1970`` a negative unix time
-``timestamp_in_future``  later than ``max_time`` (``as_of`` or now, plus one day)
-``weight_missing``       weight/rating column mapped but the value is null
-``weight_not_numeric``   weight/rating is not a number (``"abc"``)
-``weight_nan``           weight/rating is NaN
-``weight_infinite``      weight/rating is +/- infinity
-``weight_negative``      weight/rating below zero
-``weight_too_large``     weight/rating above the float32 maximum (3.4e38): stored as inf
-``event_type_missing``   event-type column mapped but the value is null/empty
-``event_type_unknown``   event type not in the configured event weights
-=======================  ==========================================================
+=========================  ==================================================================
+``user_id_missing``        null, empty or whitespace-only user id (NaN in a float column)
+``item_id_missing``        null, empty or whitespace-only item id
+``user_id_not_utf8``       user id holds U+FFFD, a byte replaced by ``encoding="utf8-lossy"``
+``item_id_not_utf8``       item id holds U+FFFD (same)
+``timestamp_missing``      time column mapped but the value is null
+``timestamp_unparsable``   neither a number (unix time) nor a date-time string
+``timestamp_before_1970``  a negative unix time
+``timestamp_in_future``    later than ``max_time`` (``as_of`` or now, plus one day)
+``weight_missing``         weight/rating column mapped but the value is null
+``weight_not_numeric``     weight/rating is not a number (``"abc"``)
+``weight_nan``             weight/rating is NaN
+``weight_infinite``        weight/rating is +/- infinity
+``weight_negative``        weight/rating below zero
+``weight_too_large``       weight/rating above the float32 maximum (3.4e38): stored as inf
+``event_type_missing``     event-type column mapped but the value is null/empty
+``event_type_unknown``     event type not in the configured event weights
+=========================  ==================================================================
 
 Column-level problems (float or boolean id columns, the unit of numeric times) are
 decided once per input by :mod:`recsys.data.profile` before these rules run.
