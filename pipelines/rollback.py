@@ -8,6 +8,12 @@ Examples::
 The registered model name and alias come from ``[promotion]`` of ``--config`` (default
 configs/default.toml) unless given. Rollback bypasses the quality gates on purpose: a
 person decided. It takes the same lock as ``recsys run``, so it never races a nightly run.
+
+Nothing moves until the target is known good: the version exists, carries the tags a
+complete ``recsys run`` writes, and its bundle is under ``OUT/bundles`` and passes
+verification. Then ``OUT/latest`` and the alias move together: if the alias cannot be
+set, ``latest`` is switched back (:func:`recsys.promotion.move_together`). A refused
+target exits 2 with both untouched.
 """
 
 from __future__ import annotations
@@ -36,21 +42,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from recsys import promotion
-    from recsys.errors import ConfigError
+    from recsys.errors import BundleError, ConfigError
     from recsys.lock import DirectoryLock
-    from recsys.serving.versions import publish
+    from recsys.serving.reader import verify_bundle
+    from recsys.serving.versions import LATEST, current, publish
+    from recsys.tracking import validate_name
 
     promo = section(load_toml(args.config), "promotion") if args.config and args.config.exists() else {}
     name = args.registered_model or promo.get("registered_model")
     if not name:
         raise ConfigError("no registered model name: pass --registered-model or a --config with [promotion] registered_model")
-    alias = args.alias or promo.get("alias", "champion")
+    validate_name(name, "registered model name")
+    alias = validate_name(args.alias or promo.get("alias", "champion"), "alias")
     client = promotion.registry_client(resolve_tracking_uri(args.tracking_uri, os.environ))
     with DirectoryLock(args.out):
-        version = promotion.rollback(client, name, alias, to_version=args.to_version)
-        bundle = (version.tags or {}).get(promotion.BUNDLE_TAG)
-        if not bundle:
-            raise ConfigError(f"{name} v{version.version} records no bundle version; the alias moved but {args.out}/latest did not")
-        publish(args.out, bundle, action="rollback")
-    print(f"{name}@{alias} -> v{version.version}; {args.out}/latest -> bundles/{bundle}")
+        target, history = promotion.rollback_target(client, name, alias, to_version=args.to_version)
+        bundle = target.tags[promotion.BUNDLE_TAG]
+        try:
+            verify_bundle(args.out / "bundles" / bundle)
+        except BundleError as e:
+            raise ConfigError(f"cannot roll back {name} to v{target.version}: its bundle {bundle} is not usable "
+                              f"under {args.out} ({e}); pick another version") from None
+        before = current(args.out)
+
+        def undo() -> None:
+            if before is not None:
+                publish(args.out, before, action="rollback-undone")
+            else:
+                (args.out / LATEST).unlink(missing_ok=True)
+
+        promotion.move_together(client, name, alias, target.version, history,
+                                switch=lambda: publish(args.out, bundle, action="rollback"), undo=undo)
+    print(f"{name}@{alias} -> v{target.version}; {args.out}/latest -> bundles/{bundle}")
     return 0

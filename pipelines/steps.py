@@ -234,12 +234,14 @@ def promote_step(ctx: RunContext, ds: Dataset, bundle: dict[str, Any], metrics_t
 
     from recsys import promotion, tracking
     from recsys.serving.mlflow_model import log_retriever_model
-    from recsys.serving.versions import publish
+    from recsys.serving.versions import clean_leftovers, publish
 
     name = cfg.get("registered_model", "recsys")
     alias = cfg.get("alias", "champion")
     split = split_sha256(ds)
     client = promotion.registry_client(ctx.tracking_uri)
+    clean_leftovers(ctx.out)  # a killed earlier run's temp bundles; its untagged version:
+    promotion.clean_untagged_versions(client, name, owned=lambda b: (ctx.out / "bundles" / b).is_dir())
     with tracking.start_run(ctx.tracking_uri, ctx.experiment, run_name=f"publish-{bundle['version']}",
                             tags={"recsys.step": "promote", "recsys.bundle_version": bundle["version"]}) as run:
         tracking.log_metrics({**{f"test_{k}": v for k, v in metrics_test.items() if isinstance(v, (int, float))},

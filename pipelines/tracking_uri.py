@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from recsys.tracking import local_sqlite_uri
+from recsys.tracking import local_sqlite_uri, validate_name
 
 log = logging.getLogger(__name__)
 
@@ -36,5 +36,10 @@ def resolve_tracking_uri(
 
 
 def experiment_name(dataset_name: str) -> str:
-    """One experiment per dataset: ``recsys-<dataset name>``."""
-    return f"recsys-{dataset_name}"
+    """One experiment per dataset: ``recsys-<dataset name>``, validated.
+
+    The dataset name comes from a directory name or a config, so it is checked like any
+    experiment name (:func:`recsys.tracking.validate_name`): ``recsys-..`` is fine, but a
+    name with ``/`` or control characters is refused with a ConfigError (exit code 2).
+    """
+    return validate_name(f"recsys-{dataset_name}", "experiment name (from the dataset name)")

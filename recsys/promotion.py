@@ -14,17 +14,22 @@ new version (the *challenger*); the ``champion`` alias, which services load thro
 Every alias move is appended to a history kept as a registered-model tag, so
 :func:`rollback` can move the alias back to the version that served before, without
 guessing. Version tags record the bundle each version was exported to, so a rollback can
-switch the served bundle too (the caller does that; see ``pipelines/rollback.py``).
+switch the served bundle too (:func:`move_together`; see ``pipelines/rollback.py``): the
+target is validated first (:func:`rollback_target`), and alias and ``OUT/latest`` move
+together or not at all. A version a crashed run registered but never tagged is deleted by
+the next run (:func:`clean_untagged_versions`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from recsys.errors import ConfigError, QualityGateError
+from recsys.tracking import validate_name
 
 log = logging.getLogger(__name__)
 
@@ -165,29 +170,136 @@ def promote(client: Any, name: str, version: str, alias: str = "champion") -> No
     log.info("%s@%s -> version %s", name, alias, version)
 
 
-def rollback(client: Any, name: str, alias: str = "champion", to_version: str | None = None) -> Any:
-    """Move ``alias`` back to the previous champion (or to ``to_version``).
+def rollback_target(client: Any, name: str, alias: str = "champion",
+                    to_version: str | None = None) -> tuple[Any, list[str]]:
+    """The version a rollback would move ``alias`` to, validated, and the history after it.
 
-    Returns the model version now carrying the alias.
-
-    The gates are bypassed on purpose: a human decided. The history drops the version
-    rolled back from, so a second rollback goes one step further back.
+    Moves nothing. The target must exist and carry the tags :func:`tag_version` writes
+    (a version registered by a run that crashed before tagging it has none, and no
+    bundle to serve).
 
     Raises
     ------
     ConfigError
-        When there is no earlier champion to go back to.
+        No earlier champion, an unknown version, or an untagged one; the message lists
+        the versions a rollback can go to.
     """
-    history = _history(client, name)
+    from mlflow.exceptions import MlflowException
+
+    validate_name(name, "registered model name")
+    try:
+        history = _history(client, name)
+    except MlflowException as e:
+        raise ConfigError(f"no registered model {name!r} in this registry ({_short(e)}); check --registered-model "
+                          "and --tracking-uri") from None
     if to_version is None:
         if len(history) < 2:
             raise ConfigError(f"{name}@{alias}: no earlier champion in the history {history}; pass --to-version")
         history = history[:-1]
         to_version = history[-1]
     else:
-        history.append(str(to_version))
-    client.get_model_version(name, str(to_version))  # raises a clear MlflowException when absent
-    client.set_registered_model_alias(name, alias, str(to_version))
-    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-50:]))
-    log.info("rolled back %s@%s -> version %s", name, alias, to_version)
-    return client.get_model_version(name, str(to_version))
+        to_version = str(to_version).strip()
+        if not to_version.isdigit():
+            raise ConfigError(f"--to-version must be a registered version number, got {to_version!r}")
+        history = [*history, to_version]
+    try:
+        version = client.get_model_version(name, to_version)
+    except MlflowException:
+        raise ConfigError(f"{name} has no version {to_version}; versions to roll back to: "
+                          f"{usable_versions(client, name)}") from None
+    missing = [t for t in (BUNDLE_TAG, METRICS_TAG, SPLIT_TAG) if not (version.tags or {}).get(t)]
+    if missing:
+        raise ConfigError(f"{name} v{to_version} lacks the tags {missing}: it was registered by a run that stopped "
+                          f"before tagging it (or outside `recsys run`) and names no bundle; versions to roll back "
+                          f"to: {usable_versions(client, name)}")
+    return version, history[-50:]
+
+
+def usable_versions(client: Any, name: str) -> list[str]:
+    """Versions of ``name`` tagged with a bundle (what a rollback can go to), oldest first."""
+    found = client.search_model_versions(f"name = '{name}'")
+    return sorted((str(v.version) for v in found if (v.tags or {}).get(BUNDLE_TAG)), key=int)
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+
+
+def move_together(client: Any, name: str, alias: str, version: Any, history: list[str],
+                  switch: Callable[[], None], undo: Callable[[], None]) -> None:
+    """Move ``alias`` to ``version`` and the served bundle with it, or neither.
+
+    ``switch`` moves ``latest`` first (a local, undoable rename); then the alias and the
+    champion history tag are set. If any of that fails, the alias is put back where it
+    was and ``undo`` restores ``latest``, so ``models:/NAME@alias`` and ``OUT/latest``
+    never serve different bundles. The error is re-raised.
+    """
+    before = champion_version(client, name, alias)
+    switch()
+    try:
+        client.set_registered_model_alias(name, alias, str(version))
+        client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history[-50:]))
+    except BaseException:
+        log.error("moving %s@%s to version %s failed: putting the alias and latest back", name, alias, version)
+        try:
+            if before is not None:
+                client.set_registered_model_alias(name, alias, str(before.version))
+            else:
+                client.delete_registered_model_alias(name, alias)
+        finally:
+            undo()
+        raise
+    log.info("%s@%s -> version %s", name, alias, version)
+
+
+def rollback(client: Any, name: str, alias: str = "champion", to_version: str | None = None) -> Any:
+    """Move ``alias`` back to the previous champion (or to ``to_version``); registry only.
+
+    Returns the model version now carrying the alias. The target is validated by
+    :func:`rollback_target` before anything moves. The gates are bypassed on purpose: a
+    human decided. The history drops the version rolled back from, so a second rollback
+    goes one step further back. ``recsys rollback`` moves the served bundle too, with
+    :func:`move_together`.
+    """
+    version, history = rollback_target(client, name, alias, to_version)
+    move_together(client, name, alias, version.version, history, switch=lambda: None, undo=lambda: None)
+    return client.get_model_version(name, str(version.version))
+
+
+def clean_untagged_versions(client: Any, name: str, owned: Callable[[str], bool], keep: str | None = None) -> list[str]:
+    """Delete versions a crashed run registered but never tagged; return them, logged.
+
+    ``recsys run`` registers a version and then tags it (:func:`tag_version`); a kill in
+    between leaves a version without a bundle tag that no gate or rollback can use. Only
+    versions whose registering run was a ``recsys run`` publish of a bundle that
+    ``owned(bundle_version)`` recognises (a bundle of the caller's output directory,
+    whose lock the caller holds) are deleted: versions registered another way, or by a
+    run of another output directory that may be tagging right now, are left alone, as
+    is ``keep`` and any version carrying an alias.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    deleted = []
+    for v in found:
+        if str(v.version) == str(keep) or (v.tags or {}).get(BUNDLE_TAG):
+            continue
+        try:
+            v = client.get_model_version(name, str(v.version))  # a search result lists no aliases
+            run_tags = client.get_run(v.run_id).data.tags if v.run_id else {}
+        except MlflowException:
+            continue
+        if v.aliases or (v.tags or {}).get(BUNDLE_TAG):
+            continue
+        bundle = run_tags.get(BUNDLE_TAG)
+        if not bundle or not owned(bundle):
+            continue
+        client.delete_model_version(name, str(v.version))
+        deleted.append(str(v.version))
+    if deleted:
+        log.warning("deleted untagged version(s) %s of %s: registered by a run that stopped before tagging them",
+                    deleted, name)
+    return deleted

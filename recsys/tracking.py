@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from recsys.errors import InputError, TrackingError
+from recsys.errors import ConfigError, InputError, TrackingError
 from recsys.io import save_npz, sha256_file, sha256_json, write_json
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,48 @@ LOCAL_DB = "mlruns.db"
 LOCAL_ARTIFACTS = "mlartifacts"
 #: MLflow rejects longer parameter values (MLflow >= 2.x limit is 6000 characters)
 MAX_PARAM_CHARS = 6000
+
+
+#: longest experiment / registered model name accepted
+MAX_NAME_CHARS = 200
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+# -- names ---------------------------------------------------------------------------------
+def validate_name(name: Any, what: str = "experiment name") -> str:
+    """Refuse an experiment or registered model name that is unsafe as a path or URI part.
+
+    An experiment's artifacts go to ``mlartifacts/<name>`` and a model is addressed as
+    ``models:/<name>/<version>``, so ``..`` would put artifacts outside ``mlartifacts/``
+    and ``/`` would make the URI ambiguous. Refused: non-strings, empty or blank names,
+    leading or trailing spaces, ``/``, ``\\`` or quotes (unsafe in MLflow filter
+    strings), ``.``/``..`` or names starting with a dot, control characters, more than
+    :data:`MAX_NAME_CHARS` characters.
+
+    Raises
+    ------
+    ConfigError
+        Naming the value and the fix (exit code 2 in the pipelines).
+    """
+    if not isinstance(name, str):
+        raise ConfigError(f"{what} must be a string, got {type(name).__name__} {name!r:.60}")
+    problem = None
+    if not name.strip():
+        problem = "is empty"
+    elif name != name.strip():
+        problem = "has leading or trailing spaces"
+    elif any(c in name for c in "/\\'\"`"):
+        problem = "contains '/', '\\' or a quote"
+    elif name.startswith("."):
+        problem = "starts with '.' (a hidden or parent directory)"
+    elif _CONTROL.search(name):
+        problem = "contains control characters"
+    elif len(name) > MAX_NAME_CHARS:
+        problem = f"is {len(name)} characters long (limit {MAX_NAME_CHARS})"
+    if problem:
+        raise ConfigError(f"{what} {name!r:.60} {problem}; use letters, digits, '-', '_' and '.' "
+                          "(e.g. recsys-movielens)")
+    return name
 
 
 # -- URIs ----------------------------------------------------------------------------------
@@ -143,7 +185,7 @@ def _experiment_id(client: Any, uri: str, experiment: str) -> str:
     root = artifact_root_for(uri)
     location = None
     if root is not None:
-        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_") or "experiment"
+        safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment).strip("_.") or "experiment"
         location = f"{root}/{safe}"
     try:
         return client.create_experiment(experiment, artifact_location=location)
@@ -185,6 +227,7 @@ def start_run(
     mlflow.ActiveRun
         Marked FAILED by MLflow if the block raises.
     """
+    validate_name(experiment, "experiment name")
     if check and not nested:  # before importing mlflow: a dead server fails in timeout_s
         check_tracking_uri(uri, timeout_s)
     import mlflow

@@ -7,7 +7,16 @@ run on the geometry of real embeddings, not on Gaussian noise.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,3 +74,44 @@ def export_real(root, real: RealVectors, **kw):
         run_id="test-run",
         **kw,
     )
+
+
+@contextlib.contextmanager
+def mlflow_serve(tracking_uri: str, model_uri: str, cwd) -> Iterator[int]:
+    """Run ``mlflow models serve`` for ``model_uri`` on a free localhost port; yield the port.
+
+    Waits for ``/ping`` (a loaded 2-core CI box needs ~45 s) and stops the server after.
+    """
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    # the server execs `uvicorn` from PATH: the venv's bin must come first
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri,
+           "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # the log goes to a file: a pipe nobody drains blocks a chatty server once it is full
+    log_file = open(Path(cwd) / f"serve-{port}.log", "wb")  # noqa: SIM115 - closed in finally
+    proc = subprocess.Popen([str(mlflow_bin), "models", "serve", "-m", model_uri, "-h", "127.0.0.1", "-p", str(port),
+                             "--env-manager", "local", "-w", "1"],
+                            env=env, stdout=log_file, stderr=subprocess.STDOUT, cwd=cwd)
+    try:
+        deadline = time.time() + 150
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                out = (Path(cwd) / f"serve-{port}.log").read_text(errors="replace")
+                pytest.fail(f"mlflow models serve did not come up: {out[-3000:]}")
+            time.sleep(0.5)
+        yield port
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log_file.close()

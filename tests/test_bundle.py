@@ -58,7 +58,7 @@ def test_manifest_records_everything_needed_to_load_the_ann_file(real_bundle, re
     assert ix["metric"] == "angular" and ix["transform"] == "norm_ranged_mips" and ix["annoy_dim"] == 33
     assert ix["file"] is None and ix["ranges"]["bounds"] == [0, 1216, 2431, 4862, 9724]
     assert (ix["n_trees"], ix["seed"]) == (20, 42) and ix["search_k"] > 0
-    on_disk = sorted(p.name for p in info.path.iterdir() if p.name != "manifest.json")
+    on_disk = sorted(p.name for p in info.path.iterdir() if p.name not in ("manifest.json", "manifest.sha256"))
     assert sorted(m["files"]) == on_disk
     assert {"index-00.ann", "index-03.ann", "norm_order.npy", "item_vectors.npy", "items.parquet", "user_vectors.npy", "users.parquet", "seen.npz"} <= set(on_disk)
     for name, meta in m["files"].items():

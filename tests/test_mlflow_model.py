@@ -4,14 +4,8 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import tempfile
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -23,6 +17,7 @@ from recsys import Retriever
 from recsys.errors import ClosedError
 from recsys.serving.bundle import IndexConfig, export_bundle
 from recsys.serving.mlflow_model import log_retriever_model, signature
+from serving_fixtures import mlflow_serve
 
 N_ITEMS, N_USERS, DIM = 500, 40, 8
 
@@ -58,8 +53,8 @@ def test_pyfunc_load_and_predict_matches_the_retriever(registered):
     model = mlflow.pyfunc.load_model("models:/recsys@champion")
     df = pd.DataFrame([{"user_id": "3"}, {"user_id": "stranger"}, {"history": "m1, m2"}, {"item_id": "m7"}])
     out = model.predict(df, params={"k": 4})
-    assert list(out.columns) == ["row", "rank", "item_id", "score"]
-    assert out.groupby("row").size().tolist() == [4, 4, 4, 4]
+    assert list(out.columns) == ["row", "rank", "item_id", "score", "error"]
+    assert out.groupby("row").size().tolist() == [4, 4, 4, 4] and (out.error == "").all()
     assert out[out.row == 0].item_id.tolist() == _expected(registered["info"], "3", 4)
     assert out[out["row"] == 0]["rank"].tolist() == [1, 2, 3, 4]
     r = Retriever.load(registered["info"].path)
@@ -70,7 +65,7 @@ def test_pyfunc_load_and_predict_matches_the_retriever(registered):
 def test_signature_documents_inputs_outputs_and_params(registered):
     sig = signature()
     assert sig.inputs.input_names() == ["user_id", "history", "item_id"]
-    assert sig.outputs.input_names() == ["row", "rank", "item_id", "score"]
+    assert sig.outputs.input_names() == ["row", "rank", "item_id", "score", "error"]
     assert {p.name: p.default for p in sig.params.params} == {"k": 10, "exclude_seen": True}
     meta = mlflow.models.Model.load(_local_model(registered))
     assert meta.signature == sig and meta.metadata["bundle_version"] == registered["info"].version
@@ -130,47 +125,13 @@ def test_a_failed_download_leaves_no_temporary_directory(registered, tmp_path, m
     assert list(tmp_path.iterdir()) == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_mlflow_models_serve_answers_http(registered):
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    # the server execs `uvicorn` from PATH: the venv's bin must come first
-    env = {**os.environ, "MLFLOW_TRACKING_URI": registered["uri"],
-           "PATH": f"{mlflow_bin.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "models", "serve", "-m", "models:/recsys@champion", "-h", "127.0.0.1", "-p", str(port),
-         "--env-manager", "local", "-w", "1"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=registered["tmp"],
-    )
-    try:
-        deadline = time.time() + 150  # a loaded 2-core CI box needs ~45 s
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.time() > deadline:
-                out = proc.stdout.read().decode() if proc.poll() is not None else "(still running)"
-                pytest.fail(f"mlflow models serve did not come up: {out[-3000:]}")
-            time.sleep(0.5)
+    with mlflow_serve(registered["uri"], "models:/recsys@champion", registered["tmp"]) as port:
         body = json.dumps({"dataframe_records": [{"user_id": "3"}, {"user_id": "nobody"}], "params": {"k": 5}}).encode()
         req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
                                      headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(req, timeout=30) as resp:
             answer = json.loads(resp.read())
-        rows = answer["predictions"]
-        assert [r["item_id"] for r in rows if r["row"] == 0] == _expected(registered["info"], "3", 5)
-        assert len([r for r in rows if r["row"] == 1]) == 5 and rows[0]["rank"] == 1
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+    rows = answer["predictions"]
+    assert [r["item_id"] for r in rows if r["row"] == 0] == _expected(registered["info"], "3", 5)
+    assert len([r for r in rows if r["row"] == 1]) == 5 and rows[0]["rank"] == 1

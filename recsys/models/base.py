@@ -54,7 +54,9 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` columns of each row of ``scores`` sorted by descending score.
 
     Entries scored ``-inf`` (excluded items) are returned as id ``-1``, score ``-inf``,
-    so a row always has ``k`` slots even when fewer items are allowed.
+    so a row always has ``k`` slots even when fewer items are allowed (an allow-list
+    scores a subset of the columns). Callers cap ``k`` at the catalogue size first, so
+    the padding is bounded by it (:meth:`Recommender.recommend`, the Retriever).
     """
     n = scores.shape[1]
     kk = min(k, n)
@@ -163,11 +165,13 @@ class Recommender:
         Returns
         -------
         ids : int64 array, scores : float32 array
-            Sorted by descending score; slots beyond the allowed items hold ``-1``/``-inf``.
+            ``min(k, n_items)`` columns sorted by descending score; slots beyond the
+            allowed items hold ``-1``/``-inf``.
         """
         self._check_fitted()
         if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k <= 0:
             raise InputError(f"k must be a positive integer, got {k!r}")
+        k = min(int(k), self.n_items_)  # never more slots than items (k = 10**9 must not allocate)
         users, single = self._check_users(user_indices)
         seen = None
         if exclude_seen:

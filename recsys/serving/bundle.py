@@ -54,6 +54,7 @@ from recsys.index.registry import BACKENDS, DEFAULT_BACKEND, create_index
 from recsys.io import sha256_file, write_json
 from recsys.models.foldin import FoldInSpec, spec_for
 from recsys.serving.gate import gate_queries, run_gate
+from recsys.serving.manifest import ITEM_SOURCES, write_digest
 # the bundle API in one place: reading lives in reader, publish/rollback in versions
 from recsys.serving.reader import (  # noqa: F401
     BUNDLE_KIND, MANIFEST, SCHEMA_VERSION, BundleData, index_files, load_index, read_bundle, verify_bundle)
@@ -69,7 +70,6 @@ log = logging.getLogger(__name__)
 #: about the same, batches faster, and misses nothing.
 DEFAULT_EXACT_MAX_ITEMS = 50_000
 FOLDIN_METHODS = ("mean", "als")
-ITEM_SOURCES = ("cf", "blend", "content")
 
 
 @dataclass
@@ -356,6 +356,7 @@ def export_bundle(
             "foldin": foldin_spec.to_json(), "files": files, "extra": dict(extra_manifest or {}),
         }
         write_json(tmp / MANIFEST, manifest)
+        write_digest(tmp / MANIFEST)  # the manifest's own checksum, outside it (serving/manifest.py)
         # mkdtemp/mkstemp create 0700/0600: a serving process running as another user
         # must be able to read (and mmap) the bundle; nothing in it is secret
         for f in tmp.iterdir():

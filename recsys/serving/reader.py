@@ -24,6 +24,7 @@ from recsys.index import registry
 from recsys.index.base import VectorIndex
 from recsys.io import read_json, sha256_file
 from recsys.models.foldin import FoldInSpec
+from recsys.serving.manifest import check_digest, validate_manifest
 
 SCHEMA_VERSION = 1
 BUNDLE_KIND = "recsys-retrieval-bundle"
@@ -57,15 +58,17 @@ def verify_bundle(path: str | os.PathLike, checksums: bool = True) -> dict[str, 
     mf = path / MANIFEST
     if not mf.is_file():
         raise BundleError(f"{path} is not a complete bundle: no {MANIFEST} (an export was interrupted, or wrong path)")
+    check_digest(mf)  # the manifest itself: always, it is small (old bundles without a digest: a warning)
     try:
         manifest = read_json(mf)
-    except ValueError as e:
+    except (ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"{mf} is not valid JSON: {e}") from e
     if not isinstance(manifest, dict) or manifest.get("kind") != BUNDLE_KIND:
         raise BundleError(f"{mf} is not a recsys retrieval bundle manifest")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise BundleError(f"{path}: bundle schema version {manifest.get('schema_version')}, this recsys reads "
                           f"{SCHEMA_VERSION}; re-export it with `recsys export`")
+    validate_manifest(manifest, path)
     for name, meta in manifest.get("files", {}).items():
         f = path / name
         if not f.is_file():

@@ -20,7 +20,8 @@ Fallbacks (documented contract, never a crash):
   (scores are then the popularity values, not similarities).
 
 Results are external ids (object array of ``str``; ``None`` in slots that cannot be
-filled) and float32 scores (``-inf`` there), 1-D for one user, 2-D for many.
+filled) and float32 scores (``-inf`` there), 1-D for one user, 2-D for many. ``k`` is
+capped at the catalogue size: a result never has more slots than there are items.
 """
 
 from __future__ import annotations
@@ -262,7 +263,8 @@ class Retriever:
         return (ext[0], scores[0]) if single else (ext, scores)
 
     def _common(self, k: Any, candidates: Any, exclude: Any) -> tuple[int, np.ndarray | None, np.ndarray]:
-        k = check_k(k)
+        # results are sized by k: capped at the catalogue, k = 10**9 must not allocate 10**9 slots
+        k = min(check_k(k), self.n_items)
         allowed = None if candidates is None else self._item_indices(candidates, "candidates")
         blocked = _EMPTY if exclude is None else self._item_indices(exclude, "exclude")
         return k, allowed, blocked

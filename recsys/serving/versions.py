@@ -9,6 +9,10 @@ in place would kill it with SIGBUS, spotify/annoy issue 335).
 
 ``ROOT/history.json`` records every switch (version, time, action) so that
 :func:`previous` knows what to roll back to.
+
+A killed export leaves ``bundles/.tmp-*`` (its bundle under construction), a killed
+publish a ``.latest.<hex>`` link, a killed history write a ``.history.json.*.tmp`` file:
+:func:`clean_leftovers` removes them at the next run (the caller holds the run lock).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import datetime as _dt
 import logging
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -58,6 +63,8 @@ def publish(root: str | os.PathLike, version: str, action: str = "publish") -> P
     does not exist or fails verification (nothing is switched then).
     """
     root = Path(root)
+    if not isinstance(version, str) or not version or "/" in version or "\\" in version or version.startswith("."):
+        raise BundleError(f"{version!r} is not a bundle version name (a directory under {root / 'bundles'})")
     target = root / "bundles" / version
     if not target.is_dir():
         raise BundleError(f"no bundle {version!r} under {root / 'bundles'}; known: {list_bundles(root)[-5:]}")
@@ -116,6 +123,38 @@ def resolve_bundle(path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise BundleError(f"{path} is not a complete bundle: no {MANIFEST} (an export was interrupted, or wrong path)")
     raise BundleError(f"{path} does not exist")
+
+
+def clean_leftovers(root: str | os.PathLike, min_age_s: float = 0.0) -> list[str]:
+    """Delete what killed exports and publishes left under ``root``; return the names, logged.
+
+    Removed: ``bundles/.tmp-*`` directories (a bundle under construction: never
+    published, never read), ``.latest.*`` links (a ``latest`` switch that did not
+    happen) and ``.history.json.*.tmp`` files (an unfinished history write). Published
+    bundles and ``latest`` are never touched.
+
+    Call it only while holding the lock of ``root`` (:class:`recsys.lock.DirectoryLock`,
+    as ``recsys run`` does): without the lock a concurrent export's temporary directory
+    could be deleted under it. ``min_age_s`` spares entries younger than that.
+    """
+    root = Path(root)
+    now = time.time()
+    found = [*(root / "bundles").glob(".tmp-*"), *root.glob(f".{LATEST}.*"), *root.glob(f".{HISTORY}.*.tmp")]
+    removed = []
+    for p in sorted(found):
+        try:
+            if now - p.lstat().st_mtime < min_age_s:
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(str(p.relative_to(root)))
+    if removed:
+        log.warning("removed %d leftover(s) of an interrupted export or publish under %s: %s", len(removed), root, removed)
+    return removed
 
 
 def prune(root: str | os.PathLike, keep: int = 5) -> list[str]:
