@@ -15,7 +15,8 @@ only be answered for a whole column, and answering them wrong corrupts every row
   with a hint to ``--time-unit``, when no unit gives a plausible date.
 
 Each check reads only the head of the file (the first :data:`SAMPLE` values) except the
-fractional-id check of a float id column, which reads that one column once.
+fractional-id check of a float id column (or of a text column of decimal numbers), which
+reads that one column once.
 """
 
 from __future__ import annotations
