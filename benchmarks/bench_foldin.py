@@ -60,7 +60,7 @@ def main() -> None:
     user_ids = r.user_map.ids
     item_ids = np.asarray(r.item_map.ids, dtype=object)
     variants = {
-        "spec (the Retriever now)": None,
+        "spec (the Retriever now)": r._foldin,
         "spec, gram of bundle vectors": FoldIn(dataclasses.replace(spec, gram=None), r._items),
         "before: alpha * raw weight": FoldIn(FoldInSpec.from_json(
             {"method": "als", "regularization": spec.regularization, "alpha": spec.alpha}), r._items),
@@ -72,21 +72,22 @@ def main() -> None:
             hist, w = seen[u].indices, seen[u].data
             ref, _ = r.recommend(user_ids[u], k=args.k)
             t = time.perf_counter()
-            if fold is None:
+            vec = fold.user(hist, w)  # timed: the fold-in solve alone
+            secs += time.perf_counter() - t
+            if fold is r._foldin:  # the public path, end to end
                 got, _ = r.recommend_from_history(list(item_ids[hist]), weights=w, k=args.k)
             else:
-                got, _ = r.search(fold.user(hist, w), k=args.k, exclude=list(item_ids[hist]))
-            secs += time.perf_counter() - t
+                got, _ = r.search(vec, k=args.k, exclude=list(item_ids[hist]))
             overlaps.append(len(set(ref) & set(got)) / args.k)
         o = np.asarray(overlaps)
         rows.append({"fold_in": name, "mean_overlap": round(float(o.mean()), 4), "min": float(o.min()),
-                     "p10": float(np.percentile(o, 10)), "ms_per_user": round(1000 * secs / len(users), 3)})
+                     "p10": float(np.percentile(o, 10)), "ms_per_foldin": round(1000 * secs / len(users), 3)})
     width = max(len(x["fold_in"]) for x in rows)
     print(f"\n{args.users} users (seed {args.seed}), top-{args.k} overlap of recommend(user) with "
           "recommend_from_history(all interactions, raw weights)")
-    print(f"{'fold-in':<{width}}  mean   min    p10    ms/user")
+    print(f"{'fold-in':<{width}}  mean   min    p10    ms/fold-in")
     for x in rows:
-        print(f"{x['fold_in']:<{width}}  {x['mean_overlap']:.3f}  {x['min']:.2f}   {x['p10']:.2f}   {x['ms_per_user']:.2f}")
+        print(f"{x['fold_in']:<{width}}  {x['mean_overlap']:.3f}  {x['min']:.2f}   {x['p10']:.2f}   {x['ms_per_foldin']:.2f}")
     target = rows[0]["mean_overlap"] >= 0.9
     print(f"\ntarget mean overlap >= 0.9: {'met' if target else 'NOT met'} ({rows[0]['mean_overlap']:.3f})")
     res = ROOT / "benchmarks" / "results"
