@@ -58,8 +58,9 @@ def run_gate(index: VectorIndex, items: np.ndarray, queries: np.ndarray, source:
                             "search_k_tried": [list(h) for h in tune.history]}
     if not tune.passed:
         raise QualityGateError(
-            f"index recall@{cfg.recall_k} = {tune.recall:.4f} < {cfg.min_recall} even at search_k = {tune.search_k}; "
-            "not published (raise index.n_trees or index.max_search_k, or check the vectors)"
+            f"index recall@{cfg.recall_k} = {tune.recall:.4f} < {cfg.min_recall} even at {index.backend} "
+            f"{index.effort_name or 'search effort'} = {tune.search_k}; not published (raise index.max_search_k, or "
+            "the index size: index.n_trees for annoy, index.hnsw_m for faiss; or check the vectors)"
         )
     per_range = index.refine(queries, truth, cfg.recall_k, cfg.min_recall) if cfg.per_range_search_k else None
     if per_range is not None:  # a second pass: Annoy's budget per norm range
