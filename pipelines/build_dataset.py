@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,47 +30,14 @@ from recsys.data.build import BuildConfig, WeightConfig
 from recsys.data.readers import InputSpec
 from recsys.data.splits import STRATEGIES, SplitConfig
 from recsys.data.validate import ColumnMapping
+from pipelines.config import CLEARABLE, effective_config
+from pipelines.config import KEYS as _KEYS
+from pipelines.config import read_toml as load_toml
 from recsys.errors import ConfigError
 
 HELP = "validate, clean and split an interaction log into a dataset directory"
 log = logging.getLogger("recsys.build_dataset")
 
-# flag dest -> (TOML section, key)
-_KEYS: dict[str, tuple[str, str]] = {
-    "events": ("events", "path"),
-    "events_format": ("events", "format"),
-    "events_sep": ("events", "sep"),
-    "user_col": ("events", "user_col"),
-    "item_col": ("events", "item_col"),
-    "weight_col": ("events", "weight_col"),
-    "time_col": ("events", "time_col"),
-    "event_col": ("events", "event_col"),
-    "time_unit": ("events", "time_unit"),
-    "time_format": ("events", "time_format"),
-    "as_of": ("events", "as_of"),
-    "window_days": ("events", "window_days"),
-    "items": ("items", "path"),
-    "items_sep": ("items", "sep"),
-    "item_id_col": ("items", "id_col"),
-    "item_text_cols": ("items", "text_cols"),
-    "weighting": ("weights", "weighting"),
-    "positive_threshold": ("weights", "positive_threshold"),
-    "event_weights": ("weights", "event_weights"),
-    "unknown_event_weight": ("weights", "unknown_event_weight"),
-    "half_life_days": ("weights", "half_life_days"),
-    "aggregate": ("weights", "aggregate"),
-    "min_user_interactions": ("filter", "min_user_interactions"),
-    "min_item_interactions": ("filter", "min_item_interactions"),
-    "split": ("split", "strategy"),
-    "test_frac": ("split", "test_frac"),
-    "valid_frac": ("split", "valid_frac"),
-    "n_last": ("split", "n_last"),
-    "cutoff": ("split", "cutoff"),
-    "cold_item_frac": ("split", "cold_item_frac"),
-    "cold_min_interactions": ("split", "cold_min_interactions"),
-    "seed": ("", "seed"),
-    "max_reject_share": ("", "max_reject_share"),
-}
 _SPEC_KEYS = ("path", "format", "sep", "has_header", "columns", "encoding", "quote_char")
 
 
@@ -102,12 +68,13 @@ def add_input_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--events", help="events: CSV/Parquet file, glob, or directory (of dt=YYYY-MM-DD partitions)")
     g.add_argument("--events-format", choices=["auto", "csv", "parquet"])
     g.add_argument("--events-sep", help="CSV separator of the events (default ',')")
+    g.add_argument("--events-encoding", help="text encoding of CSV events: utf8 (default), utf8-lossy (bad bytes replaced), latin-1, ...")
     g.add_argument("--user-col", help="user id column (required)")
     g.add_argument("--item-col", help="item id column (required)")
-    g.add_argument("--weight-col", help="weight or rating column (optional)")
-    g.add_argument("--time-col", help="timestamp column: unix time or date-time string (optional)")
-    g.add_argument("--event-col", help="event type column (optional; see --event-weights)")
-    g.add_argument("--time-unit", choices=["s", "ms", "us", "ns"], help="unit of numeric timestamps (default s)")
+    g.add_argument("--weight-col", help="weight or rating column (optional; '' = none, overriding the config)")
+    g.add_argument("--time-col", help="timestamp column: unix time or date-time string (optional; '' = none)")
+    g.add_argument("--event-col", help="event type column (optional, see --event-weights; '' = none)")
+    g.add_argument("--time-unit", choices=["auto", "s", "ms", "us", "ns"], help="unit of numeric timestamps (default auto: inferred from their size)")
     g.add_argument("--time-format", help="strftime format of date-time strings (default: inferred)")
     g.add_argument("--as-of", help="last day (YYYY-MM-DD) of a trailing window over date partitions")
     g.add_argument("--window-days", type=int, help="length of the trailing window in days (needs --as-of)")
@@ -145,22 +112,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_input_arguments(parser)
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML config, making relative input paths relative to the file."""
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from None
-    for section in ("events", "items"):
-        sec = data.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get("path"), str) and not Path(sec["path"]).is_absolute():
-            sec["path"] = str((path.parent / sec["path"]).resolve()) if "*" not in sec["path"] else str(path.parent / sec["path"])
-    return data
-
-
 def _merged(args: argparse.Namespace, toml: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     known = {"", "events", "items", "weights", "filter", "split"}
     unknown = set(k for k, v in toml.items() if isinstance(v, dict)) - known
@@ -170,7 +121,7 @@ def _merged(args: argparse.Namespace, toml: Mapping[str, Any]) -> dict[str, dict
     merged[""] = {k: v for k, v in toml.items() if not isinstance(v, dict)}
     for dest, (section, key) in _KEYS.items():
         value = getattr(args, dest, None)
-        if value is not None:
+        if value is not None and not (dest in CLEARABLE and value == ""):
             merged[section][key] = value
     return merged
 
@@ -215,7 +166,7 @@ def build_config_from(args: argparse.Namespace | None, toml: Mapping[str, Any] |
         user=_pop(ev, "user_col"), item=_pop(ev, "item_col"), weight=_pop(ev, "weight_col"),
         time=_pop(ev, "time_col"), event_type=_pop(ev, "event_col"),
     )
-    time_unit, time_format = _pop(ev, "time_unit", "s"), _pop(ev, "time_format")
+    time_unit, time_format = _pop(ev, "time_unit", "auto"), _pop(ev, "time_format")
     as_of, window_days = _pop(ev, "as_of"), _pop(ev, "window_days")
     events = _spec(ev, "events")
     _no_leftovers("events", ev)
@@ -259,7 +210,9 @@ def build_config_from(args: argparse.Namespace | None, toml: Mapping[str, Any] |
 def main(args: argparse.Namespace) -> int:
     from recsys.data.build import build_dataset
 
-    toml = load_toml(args.config) if args.config else {}
+    # a config file is validated whole (it may be the run config: its other sections are
+    # checked too, but only the dataset sections are read); no file: the library's defaults
+    toml = effective_config(args, packaged=False).dataset_dict() if args.config else {}
     config = build_config_from(args, toml)
     ds = build_dataset(config, args.out, previous=args.previous, reuse_ids=not args.fresh_ids)
     rows = ds.manifest["rows"]

@@ -21,11 +21,12 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from recsys.errors import InputError, LockError, QualityGateError, RecsysError, TrackingError
+from recsys.errors import ConfigError, InputError, LockError, QualityGateError, RecsysError, TrackingError
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -40,6 +41,7 @@ COMMANDS = {
     "export": "pipelines.export",
     "run": "pipelines.run",
     "rollback": "pipelines.rollback",
+    "config": "pipelines.config_cmd",
 }
 
 log = logging.getLogger("recsys.cli")
@@ -72,8 +74,35 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+PLUGINS_ENV = "RECSYS_PLUGINS"
+
+
+def load_plugins(argv: Sequence[str] | None, environ: Mapping[str, str] | None = None) -> list[str]:
+    """Import the plug-in modules named by ``--plugin`` and ``$RECSYS_PLUGINS`` (comma-separated).
+
+    A plug-in registers model families (:func:`recsys.models.registry.register`) or index
+    backends when imported; this runs before the parser is built, so their names are valid
+    ``--model`` choices and config sections.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--plugin", action="append", default=[])
+    known, _ = pre.parse_known_args(list(argv) if argv is not None else sys.argv[1:])
+    env = (environ if environ is not None else os.environ).get(PLUGINS_ENV, "")
+    names = [n.strip() for n in [*env.split(","), *known.plugin] if n.strip()]
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            raise ConfigError(f"plug-in module {name!r} cannot be imported ({e}); check --plugin / "
+                              f"${PLUGINS_ENV} and that the module is on PYTHONPATH") from e
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recsys", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE first (it registers model families or index backends); repeatable; "
+                             f"also ${PLUGINS_ENV}=mod1,mod2")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one JSON object per line")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -99,6 +128,12 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        load_plugins(argv)
+    except ConfigError as e:
+        setup_logging()
+        log.error("%s: %s", type(e).__name__, e)
+        return EXIT_BAD_INPUT
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)

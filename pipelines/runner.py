@@ -18,30 +18,28 @@ from typing import Any
 
 from pipelines import steps
 from recsys.data.dataset import Dataset
-from recsys.errors import ConfigError, QualityGateError
-from recsys.io import sha256_file, write_json
+from recsys.config import RunConfig
+from recsys.errors import QualityGateError
+from recsys.io import sha256_file, write_json, write_text
 from recsys.workflow import StepResult, Workflow, fingerprint_files
 
 log = logging.getLogger("recsys.run")
 
 SUMMARY_METRICS = ("ndcg@10", "recall@20", "precision@10", "map@10", "mrr", "coverage@10")
-DEFAULT_BASELINES = ("most-popular", "item-knn")
 
 
 class Runner:
     """Runs the chain once in ``out`` (the caller holds the directory lock)."""
 
-    def __init__(self, out: Path, cfg: dict[str, Any], build_config: Any, tracking_uri: str, force: bool = False,
-                 show_progress: bool = True, input_files: list[str] | None = None,
+    def __init__(self, out: Path, cfg: RunConfig, build_config: Any, tracking_uri: str, effective_toml: str = "",
+                 force: bool = False, show_progress: bool = True, input_files: list[str] | None = None,
                  build_config_dict: Any = None) -> None:
         self.out = out
         self.cfg = cfg
         self.build_config = build_config
         self.wf = Workflow(out / "state", force=force)
-        tracking = cfg.get("tracking", {})
-        self.ctx = steps.RunContext(out=out, tracking_uri=tracking_uri,
-                                    experiment=tracking.get("experiment", "recsys"), seed=int(cfg.get("seed", 0)),
-                                    show_progress=show_progress)
+        self.ctx = steps.RunContext(out=out, tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
+                                    seed=int(cfg.seed), show_progress=show_progress, effective_toml=effective_toml)
         self.input_files = input_files or []
         self.build_config_dict = build_config_dict
         self.metrics: dict[str, dict[str, float]] = {}
@@ -51,23 +49,14 @@ class Runner:
     # -- helpers ---------------------------------------------------------------------------
 
     def _models_cfg(self) -> tuple[list[str], list[str], str]:
-        m = self.cfg.get("models", {})
-        baselines = list(m.get("baselines", DEFAULT_BASELINES))
-        train = list(m.get("train", ["als"]))
-        publish = m.get("publish", train[0] if train else None)
-        if publish is None or publish not in train:
-            raise ConfigError(f"[models] publish = {publish!r} must be one of the trained models {train}")
-        if publish not in steps.FACTOR_MODELS:
-            raise ConfigError(f"[models] publish must be a vector model {steps.FACTOR_MODELS}, got {publish!r}")
-        return baselines, train, publish
+        m = self.cfg.models  # validated: families registered, publish a trained vector model
+        return list(m.baselines), list(m.train), str(m.publish)
 
     def _params(self, name: str) -> dict[str, Any]:
-        p = dict(self.cfg.get("models", {}).get(name, {}))
-        p.pop("tune", None)
-        return p
+        return self.cfg.models.params(name)
 
     def _tune(self, name: str) -> dict[str, Any] | None:
-        return self.cfg.get("models", {}).get(name, {}).get("tune")
+        return self.cfg.models.tune(name)
 
     def _step(self, name: str, inputs: dict[str, Any], fn: Any) -> StepResult:
         res = self.wf.run(name, inputs, fn)
@@ -99,6 +88,8 @@ class Runner:
     def _run(self) -> int:
         baselines, train, publish = self._models_cfg()
         ctx = self.ctx
+        if ctx.effective_toml:
+            write_text(self.out / "state" / "effective_config.toml", ctx.effective_toml)
         ds_res = self._step("dataset", {"files": fingerprint_files(self.input_files), "config": self.build_config_dict},
                             lambda: steps.build_dataset_step(ctx, self.build_config))
         ds = Dataset.load(ctx.dataset_dir)
@@ -113,14 +104,14 @@ class Runner:
             self.metrics[name] = steps.load_result(res.outputs)["metrics_test"]
         published = steps.load_result(trained[publish].outputs)
 
-        content_cfg = self.cfg.get("content", {})
+        content_cfg = self.cfg.section("content")
         content_res = None
-        if content_cfg.get("enabled", True):
+        if self.cfg.content.enabled:
             items_fp = sha256_file(ctx.dataset_dir / "items.parquet")  # content only, not the path
             content_res = self._step("content", {"items": items_fp, "config": content_cfg},
                                      lambda: steps.content_step(ctx, ds, content_cfg))
 
-        refit = bool(self.cfg.get("refit", {}).get("enabled", True))
+        refit = bool(self.cfg.refit.enabled)
         refit_res = self._step("refit", {"train": trained[publish].fingerprint, "refit": refit, "params": published["params"]},
                                lambda: steps.refit_step(ctx, ds, publish, published["params"], refit,
                                                         trained[publish].outputs["model_path"]))
@@ -128,7 +119,7 @@ class Runner:
                                          "config": content_cfg},
                                lambda: steps.blend_step(ctx, ds, refit_res.outputs["model_path"],
                                                         content_res and content_res.outputs["content_path"], content_cfg))
-        index_cfg = self.cfg.get("index", {})
+        index_cfg = self.cfg.section("index")
         extra = {"dataset_manifest_sha256": ds_res.outputs.get("manifest_sha256"), "model": publish,
                  "params": published["params"], "refit_on_all": refit, "train_run_id": published["run_id"],
                  "vector_sources": blend_res.outputs.get("sources")}
@@ -137,7 +128,7 @@ class Runner:
                                                           blend_res.outputs["vectors_path"], index_cfg,
                                                           published["run_id"], extra))
         gate = self._gate_config()
-        promo_cfg = self.cfg.get("promotion", {})
+        promo_cfg = self.cfg.section("promotion")
         promo = self._step("promote", {"export": export_res.fingerprint, "promotion": promo_cfg,
                                        "metrics": published["metrics_test"]},
                            lambda: steps.promote_step(ctx, ds, export_res.outputs, published["metrics_test"], promo_cfg, gate))
@@ -152,10 +143,8 @@ class Runner:
     def _gate_config(self) -> Any:
         from recsys.promotion import GateConfig
 
-        p = self.cfg.get("promotion", {})
-        idx = self.cfg.get("index", {})
-        return GateConfig(metric=p.get("metric", "ndcg@10"), tolerance=float(p.get("tolerance", 0.02)),
-                          min_recall=float(idx.get("min_recall", 0.95)))
+        p = self.cfg.promotion
+        return GateConfig(metric=p.metric, tolerance=float(p.tolerance), min_recall=float(self.cfg.index.min_recall))
 
     # -- report ----------------------------------------------------------------------------
 

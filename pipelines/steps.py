@@ -17,13 +17,21 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from pipelines.embed_content import make_encoder as build
+from pipelines.train import train_model
+from recsys import promotion, tracking
+from recsys.data.build import build_dataset
 from recsys.data.dataset import Dataset
+from recsys.embeddings.blend import ContentBlender, ItemVectorTable
+from recsys.embeddings.cache import EmbeddingCache
+from recsys.embeddings.content import embed_items, item_texts
 from recsys.errors import ConfigError
-from recsys.io import read_json, sha256_file, write_json
+from recsys.io import load_npz, read_json, save_npz, sha256_file, write_json
+from recsys.models.base import Recommender
+from recsys.serving.bundle import IndexConfig, export_bundle, foldin_for
+from recsys.training import all_interactions, refit_on_all
 
 log = logging.getLogger("recsys.run")
-
-FACTOR_MODELS = ("als", "bpr", "two-tower")
 
 
 @dataclass
@@ -35,19 +43,11 @@ class RunContext:
     experiment: str
     seed: int
     show_progress: bool = True
+    effective_toml: str = ""  # the validated config of the run, logged with the publish run
 
     @property
     def dataset_dir(self) -> Path:
         return self.out / "dataset"
-
-
-def all_interactions(ds: Dataset) -> sp.csr_matrix:
-    """Every interaction of the dataset (train, valid, test and cold items) as one CSR.
-
-    The published model is refitted on this: tonight's index should know yesterday's
-    events, including those held out for evaluation.
-    """
-    return ds.matrix(*[s for s in ("train", "valid", "test", "test_cold") if s in ds.splits and ds.splits[s].height])
 
 
 def split_sha256(ds: Dataset) -> str:
@@ -61,8 +61,6 @@ def split_sha256(ds: Dataset) -> str:
 
 
 def build_dataset_step(ctx: RunContext, build_config: Any) -> dict[str, Any]:
-    from recsys.data.build import build_dataset
-
     ds = build_dataset(build_config, ctx.dataset_dir)
     rows = ds.manifest.get("rows", {})
     log.info("dataset: %d users x %d items; rows %s", ds.n_users, ds.n_items,
@@ -76,8 +74,6 @@ def build_dataset_step(ctx: RunContext, build_config: Any) -> dict[str, Any]:
 
 def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], tune: dict[str, Any] | None) -> dict[str, Any]:
     """Train one configured model on the train split, evaluate it once on test, track it."""
-    from pipelines.train import train_model
-
     model_dir = ctx.out / "models" / name
     res = train_model(ds, name, params, tracking_uri=ctx.tracking_uri, experiment=ctx.experiment, out_dir=model_dir,
                       tune=bool(tune), space=tune or None, show_progress=ctx.show_progress)
@@ -95,23 +91,18 @@ def load_result(step_outputs: dict[str, Any]) -> dict[str, Any]:
 
 
 def refit_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], refit: bool, trained_model_path: str) -> dict[str, Any]:
-    """The published model: the selected hyperparameters refitted on every interaction."""
-    from recsys.models.base import Recommender
+    """The published model: the selected hyperparameters refitted on every interaction.
 
+    The refit is :func:`recsys.training.refit_on_all` (the protocol's last step); a family
+    that does not refit (the two-tower) is published as trained.
+    """
     out = ctx.out / "models" / f"{name}-published" / "model.npz"
-    if not refit:
-        model = Recommender.load(trained_model_path)
-        model.save(out)
-        return {"model_path": str(out), "refit": False}
-    if name not in ("als", "bpr"):
-        log.warning("refit on all interactions is implemented for MF models; publishing %s as trained", name)
+    model = refit_on_all(ds, name, params) if refit else None
+    if model is None:
+        if refit:
+            log.info("%s is published as trained (its family does not refit on all interactions)", name)
         Recommender.load(trained_model_path).save(out)
         return {"model_path": str(out), "refit": False}
-    from recsys.tuning import make_model
-
-    model = make_model(name, {k: v for k, v in params.items() if k not in ("eval_every",)})
-    log.info("refitting %s on all %d interactions with the selected hyperparameters", name, all_interactions(ds).nnz)
-    model.fit(all_interactions(ds))
     model.save(out)
     return {"model_path": str(out), "refit": True}
 
@@ -121,9 +112,6 @@ def refit_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], 
 
 def content_step(ctx: RunContext, ds: Dataset, cfg: dict[str, Any]) -> dict[str, Any]:
     """Content vectors of every item; only new or changed texts are encoded (disk cache)."""
-    from recsys.embeddings.cache import EmbeddingCache
-    from recsys.embeddings.content import embed_items
-
     text_cols = list(cfg.get("text_cols") or [c for c in ds.items.columns if c not in ("item_idx", "external_id")])
     missing = [c for c in text_cols if c not in ds.items.columns]
     if missing:
@@ -134,8 +122,6 @@ def content_step(ctx: RunContext, ds: Dataset, cfg: dict[str, Any]) -> dict[str,
     vectors, stats = embed_items(ds.items, text_cols, encoder, cache=cache, n_items=ds.n_items,
                                  show_progress=ctx.show_progress)
     path = ctx.out / "content" / "item_content.npz"
-    from recsys.io import save_npz
-
     save_npz(path, vectors=vectors.astype(np.float32))
     log.info("content: %d items embedded with %s (%s)", len(vectors), encoder.model_id, stats)
     return {"content_path": str(path), "encoder": encoder.model_id, "stats": _jsonable(stats)}
@@ -143,9 +129,6 @@ def content_step(ctx: RunContext, ds: Dataset, cfg: dict[str, Any]) -> dict[str,
 
 def make_encoder(cfg: dict[str, Any], ds: Dataset, text_cols: list[str], cache_dir: Path, show_progress: bool) -> Any:
     """The ``[content]`` encoder, built by the ``embed-content`` job's own factory."""
-    from pipelines.embed_content import make_encoder as build
-    from recsys.embeddings.content import item_texts
-
     kind = cfg.get("encoder", "minilm")
     if kind not in ("minilm", "tfidf"):
         raise ConfigError(f"[content] encoder must be 'minilm' or 'tfidf' (the test double), got {kind!r}")
@@ -172,10 +155,6 @@ def _jsonable(x: Any) -> Any:
 
 def blend_step(ctx: RunContext, ds: Dataset, model_path: str, content_path: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
     """One item-vector table for warm and cold items, with where each vector came from."""
-    from recsys.embeddings.blend import ContentBlender, ItemVectorTable
-    from recsys.io import load_npz
-    from recsys.models.base import Recommender
-
     model = Recommender.load(model_path)
     cf = np.asarray(model.item_factors_, np.float32)
     counts = np.asarray((all_interactions(ds) > 0).sum(axis=0)).ravel()
@@ -199,10 +178,6 @@ def blend_step(ctx: RunContext, ds: Dataset, model_path: str, content_path: str 
 def export_step(ctx: RunContext, ds: Dataset, name: str, model_path: str, vectors_path: str, index_cfg: dict[str, Any],
                 run_id: str | None, extra: dict[str, Any]) -> dict[str, Any]:
     """Build and measure a new bundle (not yet published: promotion decides)."""
-    from recsys.embeddings.blend import ItemVectorTable
-    from recsys.models.base import Recommender
-    from recsys.serving.bundle import IndexConfig, export_bundle, foldin_for
-
     model = Recommender.load(model_path)
     table = ItemVectorTable.load(vectors_path)
     seen = all_interactions(ds)
@@ -232,7 +207,6 @@ def promote_step(ctx: RunContext, ds: Dataset, bundle: dict[str, Any], metrics_t
     """
     import mlflow
 
-    from recsys import promotion, tracking
     from recsys.serving.mlflow_model import log_retriever_model
     from recsys.serving.versions import clean_leftovers, publish
 
@@ -246,6 +220,8 @@ def promote_step(ctx: RunContext, ds: Dataset, bundle: dict[str, Any], metrics_t
                             tags={"recsys.step": "promote", "recsys.bundle_version": bundle["version"]}) as run:
         tracking.log_metrics({**{f"test_{k}": v for k, v in metrics_test.items() if isinstance(v, (int, float))},
                               **bundle["metrics"]})
+        if ctx.effective_toml:
+            mlflow.log_text(ctx.effective_toml, "config/effective.toml")
         info = log_retriever_model(bundle["bundle_path"], registered_model_name=name)
         version = str(info.registered_model_version)
         promotion.tag_version(client, name, version, metrics_test, split, bundle["version"])

@@ -34,33 +34,20 @@ from __future__ import annotations
 import argparse
 import logging
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.config import parse_value
-from recsys.errors import ConfigError, InputError
+from pipelines.tracking_uri import experiment_name, resolve_tracking_uri
+from pipelines.train_logging import KS, REPO_ROOT, TrainResult, log_training_run
+from recsys.data import Dataset
+from recsys.errors import ConfigError
+from recsys.models.registry import family_names, get_family, import_target
 
 log = logging.getLogger(__name__)
 
 HELP = "train a model (als, bpr, two-tower, baselines) with validation-based selection, tracked in MLflow"
-MODEL_NAMES = ("als", "bpr", "two-tower", "most-popular", "item-knn")
-KS = (10, 20, 50, 100)
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class TrainResult:
-    """What :func:`train_model` returns (stable; used by ``recsys run``)."""
-
-    model: Any
-    run_id: str | None  # None only on a non-main rank of a distributed two-tower job
-    params: dict[str, Any]
-    metrics_valid: dict[str, float]
-    metrics_test: dict[str, float]
-    experiment: str = ""
-    out_dir: Path | None = None
-    trials: list[Any] = field(default_factory=list)
+__all__ = ["KS", "REPO_ROOT", "TrainResult", "train_model", "main"]
 
 
 def load_config(path: str | Path | None) -> dict[str, Any]:
@@ -104,10 +91,6 @@ def _dataset_name(dataset: Any) -> str:
     return str(name or "dataset")
 
 
-def _nonempty(dataset: Any, split: str) -> bool:
-    return split in dataset.splits and dataset.splits[split].height > 0
-
-
 def train_model(
     dataset: Any,
     model_name: str,
@@ -128,7 +111,7 @@ def train_model(
     dataset : Dataset or path
         A dataset directory (or loaded :class:`~recsys.data.Dataset`) with train/valid/test.
     model_name : str
-        One of ``als``, ``bpr``, ``two-tower``, ``most-popular``, ``item-knn``.
+        A registered model family (:func:`recsys.models.registry.family_names`).
     params : dict, optional
         Fixed hyperparameters (for MF, ``iterations`` is the upper bound of the
         best-iteration search).
@@ -140,54 +123,32 @@ def train_model(
         Where ``model.npz``, ``factors.npz``, id maps, ``config.json``, ``metrics.json``
         and the plot are written (also logged as MLflow artifacts either way).
     tune : bool
-        Grid search over ``space`` (each trial a nested run) instead of one config.
+        Search over ``space`` (each trial a nested run) instead of one config.
     space, tuning : dict, optional
         Search space and settings (``metric``, ``eval_every``, ``max_trials``, ``seed``,
         ``patience``, ``refit_on_valid``) as in :func:`recsys.tuning.select_and_fit`.
+
+    The protocol itself is :func:`recsys.training.train_and_evaluate`; this adds MLflow.
 
     Returns
     -------
     TrainResult
     """
-    from recsys.data import Dataset
-
-    from pipelines.tracking_uri import experiment_name, resolve_tracking_uri
-
-    if model_name not in MODEL_NAMES:
-        raise ConfigError(f"unknown model {model_name!r}; choose one of {list(MODEL_NAMES)}")
+    fam = get_family(model_name)  # unknown names fail here, with the closest registered one
     if not isinstance(dataset, Dataset):
         dataset = Dataset.load(dataset)
     name = dataset_name or _dataset_name(dataset)
     uri = tracking_uri or resolve_tracking_uri()
     experiment = experiment or experiment_name(name)
-    params = dict(params or {})
+    params = fam.validate_params(dict(params or {}))
+    if fam.protocol is not None:  # a family's own selection step must import before a run is opened
+        import_target(fam.protocol)
+    space = dict(space or {}) if tune else {}
+    if tune and not space:
+        raise ConfigError(f"tuning {model_name} needs a search space ([tuning.{model_name}] or [models.{model_name}.tune])")
     out = Path(out_dir) if out_dir is not None else None
-    if model_name == "two-tower":
-        return _two_tower(dataset, params, uri, experiment, out)
-    if not _nonempty(dataset, "test"):
-        raise InputError("the dataset has an empty test split; nothing to evaluate the model on")
-    if tune and not _nonempty(dataset, "valid"):
-        raise ConfigError("tuning needs a non-empty valid split; rebuild the dataset with valid_frac > 0")
-    from recsys.tuning import expand_grid, make_model
-
-    for cfg in expand_grid(space or {}) if tune else [{}]:  # typos fail before a run is opened
-        make_model(model_name, {**params, **cfg})
-    from pipelines.train_logging import log_training_run
-
-    return log_training_run(
-        dataset, name, model_name, params, uri, experiment, out, tune, dict(space or {}), dict(tuning or {}), show_progress
-    )
-
-
-def _two_tower(dataset: Any, params: dict[str, Any], uri: str, experiment: str, out: Path | None) -> TrainResult:
-    try:
-        from pipelines.train_two_tower import fit_and_log
-    except ImportError as e:
-        raise ConfigError(
-            f"model 'two-tower' needs pipelines/train_two_tower.py (fit_and_log), which is not available: {e}"
-        ) from e
-    model, run_id, metrics = fit_and_log(dataset, params, uri, experiment, out)
-    return TrainResult(model, run_id, params, {}, dict(metrics), experiment, out)
+    return log_training_run(dataset, name, model_name, params, uri, experiment, out, space, dict(tuning or {}),
+                            show_progress)
 
 
 # -- CLI ---------------------------------------------------------------------------------------
@@ -201,7 +162,7 @@ def _parse_assignment(text: str) -> tuple[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset directory written by `recsys build-dataset`")
-    parser.add_argument("--model", choices=MODEL_NAMES, help="model to train (default: [train] model of the config, else als)")
+    parser.add_argument("--model", choices=family_names(), help="model to train (default: [train] model of the config, else als)")
     parser.add_argument("--config", help="TOML config with [models.<name>] params and [tuning] search spaces")
     parser.add_argument("--out", help="output directory for the model and its artifacts (default runs/train/<model>)")
     parser.add_argument("--tune", action="store_true", default=None, help="grid search over [tuning.<model>] on the valid split")
@@ -222,7 +183,7 @@ def main(args: argparse.Namespace) -> int:
     for item in args.param:
         k, v = _parse_assignment(item)
         params[k] = v
-    if args.device and model_name in ("als", "bpr"):
+    if args.device and "device" in get_family(model_name).defaults():
         params["device"] = args.device
     settings, space = tuning_settings(config, model_name)
     if args.max_trials is not None:

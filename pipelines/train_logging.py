@@ -8,49 +8,40 @@ and artifacts.
 from __future__ import annotations
 
 import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.train import KS, REPO_ROOT, TrainResult
 from recsys import tracking
-from recsys.evaluation import evaluate
 from recsys.io import save_npz, write_json
-from recsys.tuning import make_model, select_and_fit
+from recsys.plots import metrics_vs_k, popularity_curve, training_curves
+from recsys.training import KS, train_and_evaluate
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class TrainResult:
+    """What :func:`log_training_run` returns (stable; used by ``recsys train`` and ``recsys run``)."""
+
+    model: Any
+    run_id: str | None  # None only on a non-main rank of a distributed two-tower job
+    params: dict[str, Any]
+    metrics_valid: dict[str, float]
+    metrics_test: dict[str, float]
+    experiment: str = ""
+    out_dir: Path | None = None
+    trials: list[Any] = field(default_factory=list)
 
 log = logging.getLogger(__name__)
 
 
 def metrics_vs_k_figure(metrics: dict[str, float], title: str, ks: tuple[int, ...] = KS) -> Any:
-    """A PNG-ready figure of precision/recall/NDCG/MAP against K.
-
-    Uses :func:`recsys.plots.metrics_vs_k` when it is importable, else draws a minimal
-    version here so that every run has the plot.
-    """
-    try:
-        from recsys import plots  # written by the reports issue; optional here
-
-        return plots.metrics_vs_k({title: metrics}, metrics=("precision", "recall", "ndcg", "map"), ks=ks)
-    except Exception as e:  # noqa: BLE001 - fall back to the minimal plot
-        log.debug("recsys.plots unavailable (%s); drawing the minimal plot", e)
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name in ("precision", "recall", "ndcg", "map"):
-        ys = [metrics.get(f"{name}@{k}", np.nan) for k in ks]
-        ax.plot(ks, ys, marker="o", label=name)
-    ax.set_xscale("log")
-    ax.set_xticks(list(ks), [str(k) for k in ks])
-    ax.set_xlabel("K")
-    ax.set_ylabel("metric on test")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return fig
+    """A PNG-ready figure of precision/recall/NDCG/MAP against K (:func:`recsys.plots.metrics_vs_k`)."""
+    return metrics_vs_k({title: metrics}, metrics=("precision", "recall", "ndcg", "map"), ks=ks)
 
 
 def log_training_run(
@@ -61,50 +52,42 @@ def log_training_run(
     uri: str,
     experiment: str,
     out: Path | None,
-    tune: bool,
     space: dict[str, Any],
     tuning: dict[str, Any],
     show_progress: bool,
+    tags: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Run selection (or a single fit), the test evaluation and all logging in one MLflow run."""
-    config = {"model": model_name, "params": params, "tune": tune, "tuning": tuning, "space": space if tune else {}}
-    tags = {"dataset": dataset_name, "model": model_name, "tuned": str(tune).lower()}
-    train = dataset.matrix("train")
-    test = dataset.matrix("test")
-    has_valid = "valid" in dataset.splits and dataset.splits["valid"].height > 0
-    with tracking.start_run(uri, experiment, run_name=f"{model_name}{'-tuned' if tune else ''}", tags=tags) as run:
+    """The training protocol (:func:`recsys.training.train_and_evaluate`) inside one MLflow run.
+
+    The run gets the config as params, lineage and git tags; the protocol's trials,
+    validation curves and test metrics arrive through :class:`recsys.tracking.TrackingCallbacks`;
+    artifacts (model, factors, id maps, config, metrics, plots) are written to ``out`` and logged.
+    """
+    import mlflow  # noqa: PLC0415 - heavy; `recsys --help` must not import it
+
+    tune = bool(space)
+    config = {"model": model_name, "params": params, "tune": tune, "tuning": tuning, "space": space}
+    run_tags = {"dataset": dataset_name, "model": model_name, "tuned": str(tune).lower(), **(tags or {})}
+    with tracking.start_run(uri, experiment, run_name=f"{model_name}{'-tuned' if tune else ''}", tags=run_tags) as run:
         tracking.log_git_commit(REPO_ROOT)
         tracking.log_config(config)
         rows = {s: df.height for s, df in dataset.splits.items()}
         manifest = dataset.path / "manifest.json" if dataset.path is not None else dataset.manifest
         tracking.log_dataset_lineage(manifest, rows, name=dataset_name, path=dataset.path)
-        trials: list[Any] = []
-        if has_valid:
-            res = select_and_fit(
-                model_name,
-                train,
-                dataset.matrix("valid"),
-                test,
-                space if tune else {},
-                base_params=params,
-                ks=KS,
-                log_to_mlflow=True,
-                show_progress=show_progress,
-                **tuning,
-            )
-            model, final, m_valid, m_test, trials = res.model, res.params, res.metrics_valid, res.metrics_test, res.trials
-            _log_training_curve(res.best.history, f"{model_name} validation curve (best trial)")
-        else:
-            log.warning("no valid split: fitting %s with fixed params, no model selection", model_name)
-            model = make_model(model_name, params).fit(train)
-            final, m_valid, m_test = dict(params), {}, evaluate(model, train, test, ks=KS)
-        tracking.log_metrics(m_test, prefix="test_")
-        import mlflow
-
-        mlflow.log_params({f"final.{k}": str(v) for k, v in model.get_params().items()})
-        out_dir = _write_artifacts(dataset, model, model_name, config, final, m_valid, m_test, out, dataset_name)
+        res = train_and_evaluate(dataset, model_name, params, space=space, tuning=tuning,
+                                 callbacks=tracking.TrackingCallbacks(model_name), show_progress=show_progress)
+        if res.history and "iteration" in res.history[0]:
+            _log_training_curve(res.history, f"{model_name} validation curve (best trial)")
+        elif res.metrics_valid:  # one fit with epochs (two-tower): the selected epoch's scores
+            tracking.log_metrics(res.metrics_valid, prefix="valid_")
+        mlflow.log_params({f"final.{k}": str(v) for k, v in res.model.get_params().items()})
+        out_dir = _write_artifacts(dataset, res.model, model_name, config, res.params, res.metrics_valid,
+                                   res.metrics_test, out, dataset_name)
+        if out_dir is not None and hasattr(res.model, "save_checkpoint"):
+            res.model.save_checkpoint(out_dir / "checkpoint")
+            tracking.log_file(out_dir / "checkpoint" / "config.json", "checkpoint")
         run_id = run.info.run_id
-    return TrainResult(model, run_id, final, m_valid, m_test, experiment, out_dir, trials)
+    return TrainResult(res.model, run_id, res.params, res.metrics_valid, res.metrics_test, experiment, out_dir, res.trials)
 
 
 def _log_training_curve(history: list[dict[str, float]], title: str) -> None:
@@ -112,17 +95,11 @@ def _log_training_curve(history: list[dict[str, float]], title: str) -> None:
     rows = [{k: h[k] for k in ("iteration", "ndcg@10", "recall@10") if k in h} for h in history]
     if len(rows) < 2:
         return
-    try:
-        from recsys.plots import training_curves
-    except ImportError:
-        return
     tracking.log_figure(training_curves(rows, title=title), "plots/validation_curve.png")
 
 
 def _log_popularity(dataset: Any, model: Any, model_name: str, k: int = 10) -> None:
     """``plots/popularity.png``: popularity of recommended items against the catalogue."""
-    from recsys.plots import popularity_curve
-
     train = dataset.matrix("train")
     users = np.flatnonzero(np.diff(dataset.matrix("test").indptr))
     ids, _ = model.recommend(users, k=k)
@@ -141,8 +118,6 @@ def _write_artifacts(
     dataset_name: str,
 ) -> Path | None:
     """Write model, factors, id maps, config, metrics and plot to ``out`` and log them."""
-    import tempfile
-
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="recsys-train-")

@@ -87,6 +87,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` atomically (a crash never leaves half a file that looks valid)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON file."""
     return json.loads(Path(path).read_text())

@@ -14,6 +14,7 @@ The library never reads environment variables: callers pass the tracking URI in
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -24,14 +25,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from recsys.callbacks import Callbacks
 from recsys.errors import ConfigError, InputError, TrackingError
-from recsys.io import save_npz, sha256_file, sha256_json, write_json
+from recsys.io import save_npz, sha256_file, sha256_json
 
 log = logging.getLogger(__name__)
 
@@ -389,8 +391,10 @@ def _log_file(write: Any, artifact_file: str) -> None:
 
 
 def log_json(obj: Any, artifact_file: str) -> None:
-    """Log a JSON-serialisable object as an artifact file (e.g. ``config.json``)."""
-    _log_file(lambda p: write_json(p, obj), artifact_file)
+    """Log a JSON-serialisable object as an artifact file (e.g. ``config.json``), via ``mlflow.log_dict``."""
+    import mlflow
+
+    mlflow.log_dict(json.loads(json.dumps(obj, default=str)), artifact_file)
 
 
 def log_npz(artifact_file: str, **arrays: np.ndarray) -> None:
@@ -399,14 +403,12 @@ def log_npz(artifact_file: str, **arrays: np.ndarray) -> None:
 
 
 def log_figure(fig: Any, artifact_file: str, dpi: int = 120) -> None:
-    """Log a matplotlib figure as a PNG artifact and close it (frees the memory)."""
+    """Log a matplotlib figure as a PNG artifact (``mlflow.log_figure``) and close it (frees the memory)."""
     import matplotlib.pyplot as plt
-
-    def write(p: Path) -> None:
-        fig.savefig(p, dpi=dpi, bbox_inches="tight")
+    import mlflow
 
     try:
-        _log_file(write, artifact_file)
+        mlflow.log_figure(fig, artifact_file, save_kwargs={"dpi": dpi, "bbox_inches": "tight"})
     finally:
         plt.close(fig)
 
@@ -416,3 +418,50 @@ def log_file(local_path: str | os.PathLike, artifact_path: str | None = None) ->
     import mlflow
 
     mlflow.log_artifact(str(local_path), artifact_path=artifact_path)
+
+
+# -- the training protocol's tracking ----------------------------------------------------------
+class TrackingCallbacks(Callbacks):
+    """Log the training protocol to the active MLflow run (the protocol itself does no I/O).
+
+    Each tuning trial becomes a nested run with its params and validation curve
+    (``valid_*`` per iteration); the parent gets the trials table (``tuning/trials.json``),
+    the best trial's curve and ``best_valid_<metric>``; epochs of a single fit (the
+    two-tower) are logged on the parent as ``epoch_*``; the test metrics as ``test_*``.
+    """
+
+    def __init__(self, model_name: str) -> None:
+        self.model_name = model_name
+        self._trial: contextlib.ExitStack | None = None
+        self._run_id: str | None = None
+
+    def trial_started(self, number: int, params: Mapping[str, Any]) -> None:
+        import mlflow
+
+        stack = contextlib.ExitStack()
+        run = stack.enter_context(start_run(mlflow.get_tracking_uri(), "nested", run_name=f"trial-{number}",
+                                            nested=True, tags={"model": self.model_name}))
+        self._trial, self._run_id = stack, run.info.run_id
+        log_config(params)
+
+    def evaluated(self, step: int, metrics: Mapping[str, float]) -> None:
+        log_metrics(metrics, step=step, prefix="valid_" if self._trial is not None else "epoch_")
+
+    def trial_finished(self, trial: Any) -> None:
+        if self._trial is None:
+            return
+        log_metrics({"best_valid_score": trial.score, "best_iteration": trial.best_iteration or 0})
+        trial.run_id = self._run_id
+        self._trial.close()
+        self._trial = self._run_id = None
+
+    def selected(self, trials: Sequence[Any], best: Any, metric: str) -> None:
+        table = [{"trial": t.number, **t.params, "score": t.score, "best_iteration": t.best_iteration,
+                  "fit_seconds": t.fit_seconds, "run_id": t.run_id} for t in trials]
+        log_json({"metric": metric, "trials": table}, "tuning/trials.json")
+        for h in best.history:
+            log_metrics({k: v for k, v in h.items() if k != "iteration"}, step=int(h["iteration"]), prefix="valid_")
+        log_metrics({"best_valid_" + metric: best.score, "n_trials": len(trials)})
+
+    def tested(self, metrics: Mapping[str, float]) -> None:
+        log_metrics(metrics, prefix="test_")

@@ -15,9 +15,10 @@ The search is a grid (``{"factors": [64, 128], "regularization": [1, 10]}``); wh
 grid is larger than ``max_trials`` a seeded random subset of it is tried, which finds
 near-best settings far cheaper than the full product (Bergstra & Bengio 2012).
 
-With ``log_to_mlflow=True`` (an MLflow run must be active) every trial is a nested run
-with its params and its validation curve (one point per evaluation step), and the
-parent gets the trials table and the best trial's curve.
+Tracking is not done here: :class:`recsys.callbacks.Callbacks` hooks are told of every
+trial, evaluation step and the selection, and :class:`recsys.tracking.TrackingCallbacks`
+turns them into nested MLflow runs (one per trial, with its validation curve) and a
+parent summary (the trials table and the best trial's curve).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from recsys.callbacks import Callbacks
 from recsys.errors import ConfigError, InputError
 from recsys.evaluation import DEFAULT_KS, evaluate
 from recsys.models.base import Recommender
@@ -201,7 +203,7 @@ def select_and_fit(
     seed: int = 0,
     ks: Sequence[int] = DEFAULT_KS,
     refit_on_valid: bool = True,
-    log_to_mlflow: bool = False,
+    callbacks: Callbacks | None = None,
     show_progress: bool = True,
 ) -> SelectionResult:
     """Grid search on ``valid``, refit of the best config, one evaluation on ``test``.
@@ -228,8 +230,9 @@ def select_and_fit(
         Cut-offs of the final test metrics.
     refit_on_valid : bool
         Refit the best config on ``train + valid`` (default) rather than ``train`` only.
-    log_to_mlflow : bool
-        Log each trial as a nested run of the active MLflow run.
+    callbacks : Callbacks, optional
+        Told of every trial, evaluation and the selection (MLflow tracking is
+        :class:`recsys.tracking.TrackingCallbacks`); this module does no I/O.
     show_progress : bool
         tqdm bar over trials (off when not a TTY).
 
@@ -238,6 +241,7 @@ def select_and_fit(
     SelectionResult
     """
     tr, va, te = _check_splits(train, valid, test)
+    cb = callbacks or Callbacks()
     configs = sample_grid(space, max_trials, seed)
     base = dict(base_params or {})
     sel_ks = _selection_ks(metric)
@@ -248,7 +252,7 @@ def select_and_fit(
     bar = tqdm(configs, desc=f"tune {model_name}", disable=not show_progress or None, unit="trial")
     for i, cfg in enumerate(bar):
         params = {**base, **cfg}
-        t = _run_trial(i, model_name, params, tr, va, metric, eval_every, patience, sel_ks, log_to_mlflow)
+        t = _run_trial(i, model_name, params, tr, va, metric, eval_every, patience, sel_ks, cb)
         trials.append(t)
         log.info("trial %d/%d %s: %s=%.4f at iteration %s (%.1fs)", i + 1, len(configs), cfg, metric, t.score, t.best_iteration, t.fit_seconds)
         best = max(trials, key=lambda t: t.score)
@@ -264,8 +268,7 @@ def select_and_fit(
     metrics_test: dict[str, float] = {}
     if te is not None:
         metrics_test = evaluate(model, fit_matrix, te, ks=ks)
-    if log_to_mlflow:
-        _log_selection(trials, best, metric)
+    cb.selected(trials, best, metric)
     return SelectionResult(model, final_params, best, trials, dict(best.metrics), metrics_test)
 
 
@@ -279,41 +282,13 @@ def _run_trial(
     eval_every: int,
     patience: int | None,
     ks: tuple[int, ...],
-    log_to_mlflow: bool,
+    callbacks: Callbacks,
 ) -> Trial:
     model = make_model(model_name, params)
     t0 = time.perf_counter()
-    if not log_to_mlflow:
-        score, it, metrics = fit_on_validation(model, train, valid, metric, eval_every, patience, ks)
-        run_id = None
-    else:
-        import mlflow
-
-        from recsys import tracking
-
-        uri = mlflow.get_tracking_uri()
-        with tracking.start_run(uri, "(parent's)", run_name=f"trial-{number}", nested=True, tags={"model": model_name}) as run:
-            tracking.log_config(params)
-
-            def on_eval(iteration: int, m: Mapping[str, float]) -> None:
-                tracking.log_metrics(m, step=iteration, prefix="valid_")
-
-            score, it, metrics = fit_on_validation(model, train, valid, metric, eval_every, patience, ks, on_eval)
-            tracking.log_metrics({"best_valid_" + metric: score, "best_iteration": it or 0})
-            run_id = run.info.run_id
+    callbacks.trial_started(number, params)
+    score, it, metrics = fit_on_validation(model, train, valid, metric, eval_every, patience, ks, callbacks.evaluated)
     history = list(getattr(model, "history_", []))
-    return Trial(number, params, score, it, metrics, history, time.perf_counter() - t0, run_id)
-
-
-def _log_selection(trials: list[Trial], best: Trial, metric: str) -> None:
-    """Parent-run summary: the trials table, best params and the best trial's curve."""
-    from recsys import tracking
-
-    table = [
-        {"trial": t.number, **t.params, "score": t.score, "best_iteration": t.best_iteration, "fit_seconds": t.fit_seconds, "run_id": t.run_id}
-        for t in trials
-    ]
-    tracking.log_json({"metric": metric, "trials": table}, "tuning/trials.json")
-    for h in best.history:
-        tracking.log_metrics({k: v for k, v in h.items() if k != "iteration"}, step=int(h["iteration"]), prefix="valid_")
-    tracking.log_metrics({"best_valid_" + metric: best.score, "n_trials": len(trials)})
+    trial = Trial(number, params, score, it, metrics, history, time.perf_counter() - t0)
+    callbacks.trial_finished(trial)
+    return trial

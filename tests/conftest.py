@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from recsys.data import Dataset, IdMap
+from recsys.io import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ML_SMALL = ROOT / "data" / "movielens-latest-small"
@@ -58,3 +59,15 @@ def ml_small() -> Dataset:
         user=pl.col("userId"), item=pl.col("movieId"), weight=pl.col("rating").cast(pl.Float32), timestamp="timestamp"
     )
     return random_split_dataset(r)
+
+
+@pytest.fixture(scope="session")
+def ml_small_dataset_dir(ml_small: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """ml_small written as a dataset directory (the layout `recsys build-dataset` produces)."""
+    d = tmp_path_factory.mktemp("ml-small")
+    for name, df in ml_small.splits.items():
+        df.write_parquet(d / f"{name}.parquet")
+    ml_small.user_map.save(d / "user_map.parquet")
+    ml_small.item_map.save(d / "item_map.parquet")
+    write_json(d / "manifest.json", {"schema_version": 1, "seed": 0, "rows": {k: v.height for k, v in ml_small.splits.items()}})
+    return d

@@ -14,7 +14,7 @@ CONFIG = str(ROOT / "configs" / "default.toml")
 
 @pytest.mark.parametrize("extra, message", [
     (["--set", "models.publish=\"nope\""], "publish"),
-    (["--set", "typo.key=1"], "unknown config section"),
+    (["--set", "typo.key=1"], "unknown key 'typo'"),
     (["--events", "/nonexistent/ratings.csv"], "nonexistent"),
     (["--set", "models.train=[\"als\"]", "--set", "models.publish=\"most-popular\""], "publish"),
 ])

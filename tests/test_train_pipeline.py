@@ -20,7 +20,6 @@ from pipelines.tracking_uri import resolve_tracking_uri
 from pipelines.train import train_model
 from recsys.data import Dataset
 from recsys.errors import ConfigError
-from recsys.io import write_json
 from tests.mf_fixtures import fresh_store
 
 CONFIG = """
@@ -45,15 +44,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(ml_small: Dataset, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """ml_small written as a dataset directory (the layout `recsys build-dataset` produces)."""
-    d = tmp_path_factory.mktemp("ml-small")
-    for name, df in ml_small.splits.items():
-        df.write_parquet(d / f"{name}.parquet")
-    ml_small.user_map.save(d / "user_map.parquet")
-    ml_small.item_map.save(d / "item_map.parquet")
-    write_json(d / "manifest.json", {"schema_version": 1, "seed": 0, "rows": {k: v.height for k, v in ml_small.splits.items()}})
-    return d
+def dataset_dir(ml_small_dataset_dir: Path) -> Path:
+    return ml_small_dataset_dir
 
 
 @pytest.fixture()
@@ -189,8 +181,8 @@ def test_bad_parameter_is_exit_code_2(dataset_dir: Path, tmp_path: Path, monkeyp
 
 
 def test_two_tower_without_its_module_fails_clearly(ml_small: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "pipelines.train_two_tower", None)
-    with pytest.raises(ConfigError, match="train_two_tower"):
+    monkeypatch.setitem(sys.modules, "recsys.training_two_tower", None)
+    with pytest.raises(ConfigError, match="cannot import 'recsys.training_two_tower"):
         train_model(ml_small, "two-tower", {}, tracking_uri="sqlite:///unused.db")
 
 

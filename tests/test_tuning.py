@@ -104,7 +104,8 @@ def test_trials_are_nested_mlflow_runs_with_validation_curves(mats: tuple[sp.csr
     uri = fresh_store(tmp_path)
     with tracking.start_run(uri, "tuning-test", run_name="parent") as parent:
         res = tuning.select_and_fit(
-            "als", *mats, {"factors": [8, 16]}, base_params=BASE, eval_every=2, log_to_mlflow=True, show_progress=False
+            "als", *mats, {"factors": [8, 16]}, base_params=BASE, eval_every=2,
+            callbacks=tracking.TrackingCallbacks("als"), show_progress=False
         )
     client = mlflow.MlflowClient(uri)
     children = client.search_runs(

@@ -174,7 +174,7 @@ def get_family(name: str) -> ModelFamily:
     """The family called ``name``; a :class:`ConfigError` suggests the closest name."""
     fam = _FAMILIES.get(name)
     if fam is None:
-        raise ConfigError(f"unknown model {name!r}{_did_you_mean(name, family_names())}; "
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, family_names())}; "
                           f"registered families: {family_names()}")
     return fam
 
@@ -230,7 +230,7 @@ def resolve_saved(meta: Mapping[str, Any], path: Any) -> type[Recommender]:
     if name is None or name not in _FAMILIES:
         shown = name or meta.get("class")
         raise BundleError(f"{path} holds a model of family {shown!r}, which is not registered in this process"
-                          f"{_did_you_mean(str(shown), family_names())}; import the module that registers it "
+                          f"{did_you_mean(str(shown), family_names())}; import the module that registers it "
                           "(recsys --plugin MODULE, or `import` it before loading)")
     return _FAMILIES[name].load_class()
 
@@ -252,7 +252,7 @@ def import_target(target: str) -> Callable[..., Any]:
     return _import(target, "protocol")
 
 
-def _did_you_mean(name: str, options: list[str]) -> str:
+def did_you_mean(name: str, options: list[str]) -> str:
     close = difflib.get_close_matches(str(name), options, n=1, cutoff=0.5)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -264,7 +264,7 @@ def format_validation_error(err: pydantic.ValidationError, where: str, valid: li
         loc = ".".join(str(p) for p in e["loc"])
         key = str(e["loc"][-1]) if e["loc"] else ""
         if e["type"] == "extra_forbidden":
-            lines.append(f"{where}: unknown key {loc!r}{_did_you_mean(key, valid)}; valid keys: {sorted(valid)}")
+            lines.append(f"{where}: unknown key {loc!r}{did_you_mean(key, valid)}; valid keys: {sorted(valid)}")
         else:
             lines.append(f"{where}: {loc} = {e.get('input')!r}: {e['msg']}")
     return "; ".join(lines)
@@ -327,7 +327,7 @@ for _f in (
                 description="Bayesian personalised ranking (implicit)"),
     ModelFamily("two-tower", "recsys.models.two_tower:TwoTower", vectors=True, fold_in=True,
                 params="recsys.models.two_tower_config:TwoTowerConfig",
-                protocol="recsys.models.two_tower_protocol:select_on_validation",
+                protocol="recsys.training_two_tower:select_on_validation",
                 protocol_params={"item_features": "auto", "refit_on_valid": True}, refit_on_all=False,
                 description="PyTorch two-tower with in-batch softmax; history-pooled users"),
 ):
