@@ -80,6 +80,7 @@ def log_training_run(
             _log_training_curve(res.history, f"{model_name} validation curve (best trial)")
         elif res.metrics_valid:  # one fit with epochs (two-tower): the selected epoch's scores
             tracking.log_metrics(res.metrics_valid, prefix="valid_")
+        tracking.log_metrics(res.summary)
         mlflow.log_params({f"final.{k}": str(v) for k, v in res.model.get_params().items()})
         out_dir = _write_artifacts(dataset, res.model, model_name, config, res.params, res.metrics_valid,
                                    res.metrics_test, out, dataset_name)

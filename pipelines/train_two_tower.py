@@ -36,6 +36,7 @@ from pipelines.train import _parse_assignment, load_config, model_params
 from pipelines.train_logging import KS, REPO_ROOT, log_training_run
 from recsys.data import Dataset
 from recsys.errors import RecsysError
+from recsys.models.registry import get_family
 from recsys.models.distributed import DistInfo, cleanup, init_distributed
 from recsys.training import train_and_evaluate
 from recsys.training_two_tower import item_features_for, multi_hot
@@ -57,6 +58,7 @@ def fit_and_log(
     On a non-main rank of a distributed job the model is trained in lock-step but nothing
     is logged (``run_id`` is ``None`` and the metrics are empty).
     """
+    get_family("two-tower").validate_params(params)  # unknown names fail before a run is opened
     if not isinstance(dataset, Dataset):
         dataset = Dataset.load(dataset)
     if not DistInfo.current().is_main:

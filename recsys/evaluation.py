@@ -127,6 +127,8 @@ class _Setup:
             b = users[start : start + self.batch_size]
             seen = _rows_only(self.train, b) if self.train is not None else None
             ids, _ = model.recommend(b, k=kmax, exclude_seen=seen is not None, user_items=seen, items=self.candidates)
+            if ids.shape[1] < kmax:  # k is capped at the catalogue: the empty slots are misses
+                ids = np.pad(ids, ((0, 0), (0, kmax - ids.shape[1])), constant_values=-1)
             yield b, check_rec_ids(ids, kmax, self.n_items)
 
 

@@ -63,6 +63,7 @@ class ProtocolResult:
     trials: list[Any] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
     seen: sp.csr_matrix | None = None
+    summary: dict[str, float] = field(default_factory=dict)  # family-specific figures to track (refit_epochs)
 
 
 def _nonempty(dataset: Dataset, split: str) -> bool:

@@ -106,20 +106,22 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
         val = _validation(train, dataset.matrix("valid"), int(model.metric.split("@")[-1] or 10))
         model.fit(train, pairs=dataset.split("train"), item_features=feats, validation=val, on_epoch=callbacks.evaluated)
         m_valid = {k[len("valid_"):]: v for k, v in model.history_[model.best_epoch_ - 1].items() if k.startswith("valid_")}
+        m_valid["best_epoch"] = float(model.best_epoch_)
     else:
         log.warning("no valid split: training two-tower for %d epochs without early stopping", model.epochs)
         model.fit(train, pairs=dataset.split("train"), item_features=feats, on_epoch=callbacks.evaluated)
     history = list(getattr(model, "history_", []))
-    seen = train
+    seen, summary = train, {}
     if has_valid and refit:
         seen = dataset.matrix("train", "valid")
         model = _refit(model, dataset, feats, int(model_params.get("ensemble", 1)))
+        summary["refit_epochs"] = float(model.epochs)
     final = {**model.get_params(), **proto}
     if not _is_main():  # a non-main rank of a distributed job: trained in lock-step, not evaluated
-        return ProtocolResult(model, final, m_valid, {}, history=history, seen=seen)
+        return ProtocolResult(model, final, m_valid, {}, history=history, seen=seen, summary=summary)
     m_test = evaluate(model, seen, test, ks=ks)
     callbacks.tested(m_test)
-    return ProtocolResult(model, final, m_valid, m_test, history=history, seen=seen)
+    return ProtocolResult(model, final, m_valid, m_test, history=history, seen=seen, summary=summary)
 
 
 def _refit(model: TwoTower, dataset: Dataset, feats: np.ndarray | None, ensemble: int) -> TwoTower:

@@ -62,7 +62,7 @@ def test_fit_and_log_trains_evaluates_and_writes_artifacts(dataset, tmp_path):
 
 
 def test_unknown_parameter_fails_before_a_run_is_opened(dataset, tmp_path):
-    with pytest.raises(ConfigError, match="unknown TwoTower parameters"):
+    with pytest.raises(ConfigError, match="unknown key 'dims'"):
         fit_and_log(dataset, {"dims": 3}, local_sqlite_uri(tmp_path), "tt-test", tmp_path / "out")
     assert not (tmp_path / "mlruns.db").exists()
 
