@@ -38,7 +38,7 @@ __all__ = ["RunConfig", "validate_config", "DATASET_SECTIONS", "RUN_SECTIONS"]
 #: sections read by ``recsys build-dataset`` (plus the top-level keys of :class:`RunConfig`)
 DATASET_SECTIONS = ("events", "items", "weights", "filter", "split")
 #: sections read only by ``recsys run``
-RUN_SECTIONS = ("models", "content", "refit", "index", "promotion", "tracking")
+RUN_SECTIONS = ("models", "evaluation", "content", "refit", "align", "index", "batch", "promotion", "tracking")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -103,6 +103,37 @@ class ContentSection(_Section):
 
 class RefitSection(_Section):
     enabled: bool = True
+
+
+class EvaluationSection(_Section):
+    """``[evaluation]``: which users the validation and test metrics are computed on.
+
+    Validation (tuning trials, training curves, selection) runs on a fixed, seeded sample
+    of users so that its cost does not grow with the user base; the final test runs on all
+    users unless ``test_users`` caps it. Users are sampled, never items: sampled-item
+    metrics are known to reorder models.
+    """
+
+    valid_users: int = Field(20000, ge=0)   # 0 = every user
+    test_users: int = Field(0, ge=0)        # 0 = every user
+    sample_seed: int | None = None          # None = the run's seed
+
+
+class AlignSection(_Section):
+    """``[align]``: rotate a retrain's vectors into the previous bundle's space (Procrustes)."""
+
+    enabled: bool = True
+
+
+class BatchSection(_Section):
+    """``[batch]``: the batch top-K output (top-K for every user, partitioned parquet)."""
+
+    enabled: bool = True
+    k: int = Field(100, ge=1)
+    exclude_seen: bool = True
+    rows_per_file: int = Field(1_000_000, ge=1)
+    allow_items: str | None = None          # a file of item ids (one per line): only these are recommended
+    block_items: str | None = None          # a file of item ids never recommended
 
 
 class PromotionSection(_Section):
@@ -188,9 +219,12 @@ class RunConfig(_Section):
     filter: FilterSection = FilterSection()
     split: SplitSection = SplitSection()  # type: ignore[valid-type]
     models: ModelsSection = ModelsSection()
+    evaluation: EvaluationSection = EvaluationSection()
     content: ContentSection = ContentSection()
     refit: RefitSection = RefitSection()
+    align: AlignSection = AlignSection()
     index: IndexSection = IndexSection()  # type: ignore[valid-type]
+    batch: BatchSection = BatchSection()
     promotion: PromotionSection = PromotionSection()
     tracking: TrackingSection = TrackingSection()
 
