@@ -26,7 +26,11 @@ value. Definitions (``hits@K`` = relevant items among the first ``K`` recommenda
 =====================  =====================================================================
 
 Per-user metrics are averaged uniformly over evaluated users; users without relevant
-items are skipped and counted (``n_users_skipped``), never averaged in as zeros.
+items are skipped and counted (``n_users_skipped``), never averaged in as zeros. Every
+per-user mean also comes with its standard error (``"ndcg@10_se"`` = sample standard
+deviation over users / sqrt(``n_users``)), so that a metric computed on a sample of users
+(:func:`recsys.evaluation.sample_users`) says how far it may be from the full one, and two
+models can be told apart from noise.
 Everything is computed with numpy array operations on ``(batch, K)`` blocks; there is
 no per-user Python loop.
 """
@@ -104,6 +108,7 @@ class MetricAccumulator:
         self.pop = pop
         self.sums = {f"{m}@{k}": 0.0 for m in _PER_USER for k in ks}
         self.sums["mrr"] = 0.0
+        self.squares = dict.fromkeys(self.sums, 0.0)  # for the standard errors
         self.seen = {k: np.zeros(n_items, dtype=bool) for k in ks}
         self.pop_sum = dict.fromkeys(ks, 0.0)
         self.pop_n = dict.fromkeys(ks, 0)
@@ -135,11 +140,11 @@ class MetricAccumulator:
         for k in self.ks:
             h = cum[:, k - 1].astype(np.float64)
             denom = np.minimum(k, n_rel)
-            self.sums[f"precision@{k}"] += float((h / k).sum())
-            self.sums[f"recall@{k}"] += float((h / rel).sum())
-            self.sums[f"hit_rate@{k}"] += float((h > 0).sum())
-            self.sums[f"ndcg@{k}"] += float((dcg_cum[:, k - 1] / self.idcg[denom]).sum())
-            self.sums[f"map@{k}"] += float((ap_cum[:, k - 1] / denom).sum())
+            self._add(f"precision@{k}", h / k)
+            self._add(f"recall@{k}", h / rel)
+            self._add(f"hit_rate@{k}", (h > 0).astype(np.float64))
+            self._add(f"ndcg@{k}", dcg_cum[:, k - 1] / self.idcg[denom])
+            self._add(f"map@{k}", ap_cum[:, k - 1] / denom)
             top = rec[:, :k][valid[:, :k]]
             self.seen[k][top] = True
             if self.pop is not None:
@@ -147,8 +152,21 @@ class MetricAccumulator:
                 self.pop_n[k] += int(top.size)
         any_hit = cum[:, -1] > 0
         first = np.argmax(hit, axis=1)
-        self.sums["mrr"] += float((any_hit / (first + 1.0)).sum())
+        self._add("mrr", any_hit / (first + 1.0))
         self.n_users += n
+
+    def _add(self, key: str, per_user: np.ndarray) -> None:
+        self.sums[key] += float(per_user.sum())
+        self.squares[key] += float(np.dot(per_user, per_user))
+
+    def _se(self, key: str) -> float:
+        """Standard error of the mean of ``key`` over users (NaN below two users)."""
+        n = self.n_users
+        if n < 2:
+            return float("nan")
+        mean = self.sums[key] / n
+        var = max(self.squares[key] - n * mean * mean, 0.0) / (n - 1)
+        return float(np.sqrt(var / n))
 
     def result(self) -> dict[str, float]:
         n = max(self.n_users, 1)
@@ -157,6 +175,8 @@ class MetricAccumulator:
             for k in self.ks:
                 out[f"{m}@{k}"] = self.sums[f"{m}@{k}"] / n
         out["mrr"] = self.sums["mrr"] / n
+        for key in self.sums:
+            out[f"{key}_se"] = self._se(key)
         for k in self.ks:
             out[f"coverage@{k}"] = float(self.seen[k].sum()) / max(self.coverage_items, 1)
         if self.pop is not None:
@@ -260,7 +280,9 @@ def ranking_metrics(
     -------
     dict
         ``"{metric}@{k}"`` for precision, recall, ndcg, map, hit_rate, coverage (and
-        mean_popularity), plus ``"mrr"``, ``"n_users"`` and ``"n_users_skipped"``.
+        mean_popularity), plus ``"mrr"``, ``"n_users"`` and ``"n_users_skipped"``; the
+        per-user means (not coverage or popularity) also as ``"{key}_se"``, their
+        standard error over users.
     """
     kss = check_ks(ks)
     m = check_test(test)

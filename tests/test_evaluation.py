@@ -16,6 +16,7 @@ from recsys.evaluation import (
     format_table,
     item_popularity,
     ranking_metrics,
+    sample_users,
 )
 from recsys.models.base import Recommender
 
@@ -402,3 +403,72 @@ def test_activity_slices_split_users_by_training_count():
     np.testing.assert_array_equal(s2["2<=train<5"], [1])
     with pytest.raises(InputError, match="thresholds"):
         activity_slices(train, thresholds=(0,))
+
+
+# --- user samples and standard errors -------------------------------------------------------
+def _random_split(n_users: int, n_items: int, seed: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+    train = sp.random(n_users, n_items, density=0.1, format="csr", random_state=seed, dtype=np.float32)
+    test = sp.random(n_users, n_items, density=0.04, format="csr", random_state=seed + 1, dtype=np.float32)
+    test = test - test.multiply(train > 0)
+    test.eliminate_zeros()
+    return train, test
+
+
+def test_sample_users_is_seeded_and_only_draws_users_with_test_items():
+    _, test = _random_split(500, 40, 0)
+    eligible = np.flatnonzero(np.diff(test.indptr) > 0)
+    a, b, c = sample_users(test, 100, seed=1), sample_users(test, 100, seed=1), sample_users(test, 100, seed=2)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert len(a) == 100 and len(np.unique(a)) == 100 and np.all(np.diff(a) > 0)
+    assert np.isin(a, eligible).all()
+    np.testing.assert_array_equal(sample_users(test, 0, seed=1), eligible)  # 0 = every user
+    np.testing.assert_array_equal(sample_users(test, 10**6, seed=1), eligible)
+
+
+@pytest.mark.parametrize(("n", "seed"), [(-1, 0), (2.5, 0), (True, 0), (10, None), (10, "a")])
+def test_sample_users_refuses_a_bad_size_or_seed(n, seed):
+    _, test = _random_split(50, 20, 0)
+    with pytest.raises(InputError, match="sample"):
+        sample_users(test, n, seed)
+
+
+def test_sampled_evaluation_equals_full_evaluation_when_the_sample_covers_every_user():
+    train, test = _random_split(300, 50, 3)
+    model = FixedScores(order=tuple(np.random.default_rng(3).permutation(50)[:20].tolist())).fit(train)
+    full = evaluate(model, train, test, ks=(5, 10), batch_size=37)
+    covered = evaluate(model, train, test, ks=(5, 10), users=sample_users(test, 0, seed=9), batch_size=37)
+    assert full["n_users_skipped"] > 0 and covered["n_users_skipped"] == 0  # only the skip count differs
+    assert {k: v for k, v in full.items() if k != "n_users_skipped"} == {
+        k: v for k, v in covered.items() if k != "n_users_skipped"}
+
+
+def test_standard_error_is_the_std_of_per_user_values_over_sqrt_n():
+    train, test = _random_split(200, 30, 4)
+    model = FixedScores(order=tuple(range(0, 30, 2))).fit(train)
+    res = evaluate(model, train, test, ks=(5,))
+    ids, _ = model.recommend(np.arange(200), k=5, user_items=train)
+    per_user = {key: [] for key in ("ndcg@5", "hit_rate@5", "mrr")}
+    for u in np.flatnonzero(np.diff(test.indptr)):
+        one = ranking_metrics(ids[u : u + 1], test[u], ks=(5,))
+        for key in per_user:
+            per_user[key].append(one[key])
+    for key, vals in per_user.items():
+        want = np.std(vals, ddof=1) / np.sqrt(len(vals))
+        assert res[f"{key}_se"] == pytest.approx(want, rel=1e-9), key
+    assert "coverage@5_se" not in res and "mean_popularity@5_se" not in res
+
+
+def test_standard_error_is_nan_for_a_single_user():
+    res = ranking_metrics(np.array([[0, 1]]), _csr([[1]], 3), ks=(2,))
+    assert math.isnan(res["ndcg@2_se"]) and res["n_users"] == 1
+
+
+def test_a_sampled_metric_is_within_three_standard_errors_of_the_full_one():
+    train, test = _random_split(3000, 60, 7)
+    model = FixedScores(order=tuple(range(0, 60, 3))).fit(train)
+    full = evaluate(model, train, test, ks=(10,))
+    part = evaluate(model, train, test, ks=(10,), users=sample_users(test, 300, seed=0))
+    assert part["n_users"] == 300
+    for key in ("ndcg@10", "recall@10", "mrr"):
+        assert abs(part[key] - full[key]) < 3 * part[f"{key}_se"], key

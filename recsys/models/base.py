@@ -25,6 +25,7 @@ from recsys.errors import BundleError, InputError, NotFittedError
 from recsys.io import load_npz, save_npz
 from recsys.models import registry
 from recsys.models.foldin import FoldIn, FoldInSpec
+from recsys.ranking import rows_per_block, topk_batch
 
 log = logging.getLogger(__name__)
 
@@ -53,26 +54,13 @@ def check_user_items(user_items: Any, n_items: int | None = None) -> sp.csr_matr
 def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` columns of each row of ``scores`` sorted by descending score.
 
-    Entries scored ``-inf`` (excluded items) are returned as id ``-1``, score ``-inf``,
-    so a row always has ``k`` slots even when fewer items are allowed (an allow-list
-    scores a subset of the columns). Callers cap ``k`` at the catalogue size first, so
-    the padding is bounded by it (:meth:`Recommender.recommend`, the Retriever).
+    Entries scored ``-inf`` (excluded items) or NaN are returned as id ``-1``, score
+    ``-inf``, so a row always has ``k`` slots even when fewer items are allowed (an
+    allow-list scores a subset of the columns). Equal scores rank the lower item index
+    first. ``scores`` is not modified. The ranking itself is
+    :func:`recsys.ranking.topk_batch`, shared by evaluation, the indexes and batch top-K.
     """
-    n = scores.shape[1]
-    kk = min(k, n)
-    if kk < n:
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-    else:
-        part = np.broadcast_to(np.arange(n), (scores.shape[0], n)).copy()
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
-    top = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
-    if kk < k:
-        ids = np.pad(ids, ((0, 0), (0, k - kk)), constant_values=-1)
-        top = np.pad(top, ((0, 0), (0, k - kk)), constant_values=-np.inf)
-    ids[~np.isfinite(top)] = -1
-    return ids, top
+    return topk_batch(scores, k)
 
 
 class Recommender:
@@ -142,7 +130,7 @@ class Recommender:
         exclude_seen: bool = True,
         user_items: sp.spmatrix | None = None,
         items: np.ndarray | None = None,
-        batch_size: int = 2048,
+        batch_size: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` items for one user (1-D arrays) or many (2-D arrays).
 
@@ -159,13 +147,15 @@ class Recommender:
         items : int array, optional
             Candidate allow-list: only these item indices may be returned (business
             rules, cold-item evaluation).
-        batch_size : int
-            Users scored at once (bounds memory at ``batch_size * n_items`` floats).
+        batch_size : int, optional
+            Users scored at once (memory ``batch_size * n_items`` floats); default: as many
+            as fit :data:`recsys.ranking.SCORE_BLOCK_BYTES` (256 MiB).
 
         Returns
         -------
         ids : int64 array, scores : float32 array
-            ``min(k, n_items)`` columns sorted by descending score; slots beyond the
+            ``min(k, n_items)`` columns sorted by descending score, equal scores by
+            ascending item index (:func:`recsys.ranking.topk_batch`); slots beyond the
             allowed items hold ``-1``/``-inf``.
         """
         self._check_fitted()
@@ -189,19 +179,33 @@ class Recommender:
                 raise InputError(f"candidate item index out of range [0, {self.n_items_})")
             blocked = np.ones(self.n_items_, bool)
             blocked[allowed] = False
+        if batch_size is None:
+            batch_size = rows_per_block(self.n_items_)
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise InputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         ids = np.empty((len(users), k), np.int64)
         out = np.empty((len(users), k), np.float32)
         for start in range(0, len(users), batch_size):
             b = users[start : start + batch_size]
-            s = np.array(self._score(b), dtype=np.float32, copy=True)
-            if seen is not None:
-                rows = seen[b]
-                r, c = rows.nonzero()
-                s[r, c] = -np.inf
+            s = self._block_scores(b)
             if blocked is not None:
                 s[:, blocked] = -np.inf
-            ids[start : start + len(b)], out[start : start + len(b)] = topk(s, k)
+            ids[start : start + len(b)], out[start : start + len(b)] = topk_batch(
+                s, k, exclude=None if seen is None else seen[b])
         return (ids[0], out[0]) if single else (ids, out)
+
+    def _block_scores(self, users: np.ndarray) -> np.ndarray:
+        """``_score(users)`` as a float32 array that ranking may overwrite (excluded items -> -inf).
+
+        A fresh result (a GEMM's output) is used as it is: copying a 256 MiB block cost about
+        as much as ranking it. Anything that may be model state (a view, read-only, an
+        attribute of the model) is copied first.
+        """
+        s = self._score(users)
+        if (isinstance(s, np.ndarray) and s.dtype == np.float32 and s.ndim == 2 and s.flags.writeable
+                and s.flags.owndata and not any(s is v for v in vars(self).values())):
+            return s
+        return np.array(s, dtype=np.float32, copy=True)
 
     # -- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
