@@ -8,6 +8,9 @@ Same protocol as every family, with the two-tower's specifics:
 * with ``refit_on_valid`` (default) the model (all ``ensemble`` members) is refitted on
   train + valid for as many optimizer steps as the chosen epoch took
   (:func:`recsys.models.two_tower_config.refit_epochs`) and evaluated once on test;
+* ``max_minutes`` budgets the whole step: the selection gets ``1 / (1 + ensemble)`` of it,
+  the refit what is left; the stop reason is tracked as ``stop_budget``, ``stop_patience``
+  or ``stop_epochs`` = 1 (with ``train_minutes``);
 * protocol parameters (not the model's): ``item_features`` = "auto" (multi-hot of the
   items table's ``genres`` column when present), "none", "genres", or a path to a
   ``.npy``/``.npz`` float array of shape (n_items, F); ``refit_on_valid`` (bool).
@@ -18,6 +21,7 @@ Under ``torchrun`` every rank runs this in lock-step; only rank 0 evaluates on t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from recsys.errors import ConfigError, InputError
 from recsys.evaluation import evaluate
 from recsys.models.registry import ModelFamily
 from recsys.models.two_tower import TwoTower
-from recsys.models.two_tower_config import refit_epochs
+from recsys.models.two_tower_config import pairs_per_epoch, refit_epochs
 from recsys.training import ProtocolResult
 
 log = logging.getLogger(__name__)
@@ -100,6 +104,8 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
     has_valid = "valid" in dataset.splits and dataset.splits["valid"].height > 0
     train, test = dataset.matrix("train"), dataset.matrix("test")
     selection = {**model_params, "ensemble": 1} if has_valid and refit else dict(model_params)
+    budget = _RunBudget(model_params, has_valid and refit)
+    selection["max_minutes"] = budget.selection_minutes()
     model = TwoTower(**selection)
     m_valid: dict[str, float] = {}
     if has_valid:
@@ -112,11 +118,16 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
         model.fit(train, pairs=dataset.split("train"), item_features=feats, on_epoch=callbacks.evaluated)
     history = list(getattr(model, "history_", []))
     seen, summary = train, {}
+    reasons = [model.stop_reason_]
     if has_valid and refit:
         seen = dataset.matrix("train", "valid")
-        model = _refit(model, dataset, feats, int(model_params.get("ensemble", 1)))
+        model = _refit(model, dataset, feats, int(model_params.get("ensemble", 1)), budget.refit_minutes())
         summary["refit_epochs"] = float(model.epochs)
-    final = {**model.get_params(), **proto}
+        reasons.append("budget" if model.stop_reason_ == "budget" else reasons[0])
+    # why training ended, as metrics MLflow shows: stop_budget / stop_patience / stop_epochs = 1
+    summary[f"stop_{'budget' if 'budget' in reasons else reasons[0]}"] = 1.0
+    summary["train_minutes"] = budget.elapsed_minutes()
+    final = {**model.get_params(), **proto, "max_minutes": model_params.get("max_minutes")}
     if not _is_main():  # a non-main rank of a distributed job: trained in lock-step, not evaluated
         return ProtocolResult(model, final, m_valid, {}, history=history, seen=seen, summary=summary)
     m_test = evaluate(model, seen, test, ks=ks)
@@ -124,13 +135,36 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
     return ProtocolResult(model, final, m_valid, m_test, history=history, seen=seen, summary=summary)
 
 
-def _refit(model: TwoTower, dataset: Dataset, feats: np.ndarray | None, ensemble: int) -> TwoTower:
+def _refit(model: TwoTower, dataset: Dataset, feats: np.ndarray | None, ensemble: int,
+           max_minutes: float | None) -> TwoTower:
     """Retrain on train + valid (``ensemble`` members) for as many optimizer steps as validation chose."""
     train = dataset.split("train")
     pairs = pl.concat([train, dataset.split("valid")], how="diagonal_relaxed")
-    epochs = refit_epochs(model.best_epoch_, train.height, pairs.height)
+    spe = model.samples_per_epoch
+    epochs = refit_epochs(model.best_epoch_, pairs_per_epoch(train.height, spe), pairs_per_epoch(pairs.height, spe))
     log.info("refit on train + valid: %d epochs (%d selected on %d pairs, now %d pairs)",
              epochs, model.best_epoch_, train.height, pairs.height)  # fmt: skip
-    return TwoTower(**{**model.get_params(), "ensemble": ensemble, "epochs": epochs, "patience": None}).fit(
-        dataset.matrix("train", "valid"), pairs=pairs, item_features=feats
-    )
+    params = {**model.get_params(), "ensemble": ensemble, "epochs": epochs, "patience": None, "max_minutes": max_minutes}
+    return TwoTower(**params).fit(dataset.matrix("train", "valid"), pairs=pairs, item_features=feats)
+
+
+class _RunBudget:
+    """``max_minutes`` covers the whole protocol: selection (one member) and the refit (all members).
+
+    The refit trains ``ensemble`` members for about as many steps as the selected one, so the
+    selection gets ``1 / (1 + ensemble)`` of the budget and the refit whatever is left.
+    """
+
+    def __init__(self, params: Mapping[str, Any], refit: bool) -> None:
+        self.minutes = params.get("max_minutes") or None
+        self.parts = 1 + int(params.get("ensemble", 1)) if refit else 1
+        self.start = time.monotonic()
+
+    def elapsed_minutes(self) -> float:
+        return (time.monotonic() - self.start) / 60.0
+
+    def selection_minutes(self) -> float | None:
+        return None if self.minutes is None else self.minutes / self.parts
+
+    def refit_minutes(self) -> float | None:
+        return None if self.minutes is None else max(self.minutes - self.elapsed_minutes(), 1e-6)

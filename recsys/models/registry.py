@@ -86,6 +86,10 @@ class ModelFamily:
         parameters (``[refit] enabled``).
     description : str
         One line for ``--help`` and the docs.
+    search_space : dict
+        The default search space of ``[models.<name>.tune]`` when the table names only
+        settings (``budget_minutes``...): lists are choices, ``{low, high, log}`` ranges
+        (:mod:`recsys.autotune`).
     """
 
     name: str
@@ -98,6 +102,7 @@ class ModelFamily:
     protocol_params: Mapping[str, Any] = field(default_factory=dict)
     refit_on_all: bool = True
     description: str = ""
+    search_space: Mapping[str, Any] = field(default_factory=dict)
 
     # -- class and parameters ----------------------------------------------------------
     def load_class(self) -> type[Recommender]:
@@ -131,6 +136,14 @@ class ModelFamily:
             schema.model_validate(dict(params))
         except pydantic.ValidationError as e:
             raise ConfigError(format_validation_error(e, where, list(schema.model_fields))) from None
+        if self.params is not None:  # a params dataclass checks ranges too (negative budgets, ...)
+            check = getattr(_import(self.params, f"parameters of model family {self.name!r}"), "validate", None)
+            if callable(check):
+                model_params, _ = self.split_params(params)
+                try:
+                    check(_import(self.params, self.name)(**model_params))
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: {e}") from None
         return dict(params)
 
     def split_params(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -320,11 +333,19 @@ for _f in (
     ModelFamily("most-popular", "recsys.models.baselines:MostPopular",
                 description="items ranked by training popularity (baseline)"),
     ModelFamily("item-knn", "recsys.models.baselines:ItemKNN",
-                description="item-item cosine neighbours over the user x item matrix (baseline)"),
+                description="item-item cosine neighbours over the user x item matrix (baseline)",
+                search_space={"n_neighbors": {"low": 10, "high": 1000, "log": True}}),
     ModelFamily("als", "recsys.models.als:ALS", vectors=True, fold_in=True, iterative=True,
-                description="implicit-feedback ALS (implicit); exact fold-in"),
+                description="implicit-feedback ALS (implicit); exact fold-in",
+                search_space={"factors": {"low": 32, "high": 512, "log": True},
+                              "regularization": {"low": 0.01, "high": 300.0, "log": True},
+                              "alpha": {"low": 0.1, "high": 50.0, "log": True},
+                              "weighting": ["linear", "log", "bm25"], "iterations": 20}),
     ModelFamily("bpr", "recsys.models.bpr:BPR", vectors=True, fold_in=True, iterative=True,
-                description="Bayesian personalised ranking (implicit)"),
+                description="Bayesian personalised ranking (implicit)",
+                search_space={"factors": {"low": 32, "high": 256, "log": True},
+                              "learning_rate": {"low": 0.003, "high": 0.3, "log": True},
+                              "regularization": {"low": 1e-4, "high": 0.3, "log": True}, "iterations": 100}),
     ModelFamily("two-tower", "recsys.models.two_tower:TwoTower", vectors=True, fold_in=True,
                 params="recsys.models.two_tower_config:TwoTowerConfig",
                 protocol="recsys.training_two_tower:select_on_validation",

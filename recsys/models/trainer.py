@@ -44,6 +44,7 @@ from recsys.models.losses import candidate_log_q, sampled_softmax_loss
 from recsys.models.pair_batches import PairBatches, batch_device
 from recsys.models.prefetch import prefetch
 from recsys.models.two_tower_data import TrainData
+from recsys.progress import Deadline, Progress, format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +129,33 @@ class Trainer:
         checkpoint_config: Mapping[str, Any] | None = None,
         show_progress: bool = False,
     ) -> list[dict[str, float]]:
-        """Train for ``config.epochs`` epochs (fewer with early stopping); returns per-epoch metrics.
+        """Train for ``config.epochs`` epochs (fewer with early stopping or a budget); returns per-epoch metrics.
 
         With ``evaluate``, the metric ``config.metric`` is computed every
         ``config.eval_every`` epochs; the best epoch's weights are restored at the end and
         training stops after ``config.patience`` evaluations without improvement.
         ``checkpoint_dir`` receives the best weights each time they improve (main rank only).
+
+        Budget (``config.max_minutes``, seconds from the start of this call): with
+        validation, an epoch is not started when the last one (training + validation) would
+        not fit in what is left, since an unvalidated epoch is thrown away; without it,
+        training runs to the deadline, stopping mid-epoch. Either way the weights kept are
+        the best validated ones (or the last, averaged ones without validation); an epoch
+        cut before any validation is validated, so there always is a best.
+        ``config.samples_per_epoch`` makes each epoch a fresh random sample of pairs.
+        :attr:`stop_reason` says why training ended: ``"epochs"``, ``"patience"`` or
+        ``"budget"``.
         """
         cfg = self.cfg
+        deadline = Deadline(_budget_seconds(cfg), clock=_clock)
         batches = PairBatches(
             data, cfg.batch_size, cfg.seed, user_id_dropout=cfg.user_id_dropout, item_id_dropout=cfg.item_id_dropout,
             history_dropout=cfg.history_dropout, short_history=cfg.short_history,
             short_history_len=cfg.short_history_len, n_negatives=cfg.n_negatives, rank=self.dist.rank, world_size=self.dist.world_size,
             device=batch_device(data, self.device),
         )  # fmt: skip
+        per_epoch = getattr(cfg, "samples_per_epoch", None)
+        n_batches = min(len(batches), max(1, math.ceil(per_epoch / batches.batch_size))) if per_epoch else len(batches)
         if cfg.logq:
             q = candidate_log_q(data.item_counts(), batches.batch_size, cfg.n_negatives)
             self.log_q = torch.from_numpy(q).to(self.device)
@@ -150,32 +164,54 @@ class Trainer:
         history: list[dict[str, float]] = []
         best: dict[str, Any] = {}
         since_best = 0
+        self.stop_reason = "epochs"
+        last_epoch_s = 0.0  # wall time of the last whole epoch, validation included
         ema = WeightAverage(self.net, cfg.ema) if cfg.ema > 0 else None
         for epoch in range(1, cfg.epochs + 1):
+            if epoch > 1 and deadline.limited:
+                # with validation an epoch must run whole (a cut one is thrown away), and
+                # under DDP ranks decide together between epochs: start one only if it fits
+                whole = evaluate is not None or self.dist.is_distributed
+                if self._agree(not deadline.fits(last_epoch_s) if whole else deadline.expired()):
+                    self.stop_reason = "budget"
+                    log.info("budget: %s left, an epoch takes %s: stopping before epoch %d",
+                             format_seconds(deadline.remaining()), format_seconds(last_epoch_s), epoch)  # fmt: skip
+                    break
             batches.set_epoch(epoch)
             self.net.train()
-            t0, total, n = time.perf_counter(), torch.zeros((), device=self.device), 0
+            t0, total, n = _clock(), torch.zeros((), device=self.device), 0
             # host-built batches for a GPU: build them in a thread (the GPU step is short)
-            it = prefetch(loader) if host_to_gpu else loader
-            if show_progress and self.dist.is_main:
-                from tqdm.auto import tqdm
-
-                it = tqdm(it, total=len(batches), desc=f"epoch {epoch}", leave=False)
-            for batch in it:
-                total += self.step(batch)
-                n += 1
-                if ema is not None:
-                    ema.update(self.net)
+            it = prefetch(loader) if host_to_gpu else iter(loader)
+            cut = False
+            with Progress(f"two-tower epoch {epoch}/{cfg.epochs}", n_batches, "batches", logger=log,
+                          show_progress=show_progress and self.dist.is_main) as bar:  # fmt: skip
+                for batch in it:
+                    total += self.step(batch)
+                    n += 1
+                    if ema is not None:
+                        ema.update(self.net)
+                    bar.update()
+                    if n >= n_batches:
+                        break
+                    # mid-epoch stop: single process only (ranks would disagree on the step)
+                    if deadline.limited and not self.dist.is_distributed and deadline.expired():
+                        cut = True
+                        break
+            if hasattr(it, "close"):
+                it.close()  # stops a prefetch thread that ran ahead
             loss = float(all_reduce_mean(total)) / max(n, 1)  # the global-batch loss under DDP
             if not math.isfinite(loss):
                 raise ConfigError(f"training diverged at epoch {epoch} (loss {loss}); lower lr or raise temperature")
             row: dict[str, float] = {
                 "epoch": epoch,
                 "loss": loss,
-                "samples_per_s": n * batches.batch_size / max(time.perf_counter() - t0, 1e-9),
+                "samples_per_s": n * batches.batch_size / max(_clock() - t0, 1e-9),
             }
+            if cut:
+                row["epoch_fraction"] = n / n_batches
             stop = False
-            if evaluate is not None and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            due = epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+            if evaluate is not None and ((due and not cut) or (cut and not best)):
                 self.net.eval()
                 with ema.swapped(self.net) if ema is not None else contextlib.nullcontext():
                     metrics = dict(evaluate(epoch))
@@ -192,12 +228,21 @@ class Trainer:
                         save_checkpoint(checkpoint_dir, best["state"], {**(checkpoint_config or {}), "epoch": epoch})
                 else:
                     since_best += 1
-                    stop = cfg.patience is not None and since_best >= cfg.patience
+                    if cfg.patience is not None and since_best >= cfg.patience:
+                        stop, self.stop_reason = True, "patience"
+            last_epoch_s = _clock() - t0
             history.append(row)
             shown = ("loss", "samples_per_s", f"valid_{cfg.metric}")
-            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={row[k]:.4g}" for k in shown if k in row))
+            left = f", budget left {format_seconds(deadline.remaining())}" if deadline.limited else ""
+            log.info("epoch %d/%d: %s (%s%s)", epoch, cfg.epochs, ", ".join(f"{k}={row[k]:.4g}" for k in shown if k in row),
+                     format_seconds(last_epoch_s), left)  # fmt: skip
             if on_epoch is not None:
                 on_epoch(epoch, row)
+            if cut:
+                self.stop_reason = "budget"
+                log.info("budget of %s used up during epoch %d (%.0f%% done)", format_seconds(deadline.seconds or 0.0),
+                         epoch, 100 * n / n_batches)  # fmt: skip
+                break
             if stop:
                 log.info("early stop after epoch %d (best epoch %d)", epoch, best["epoch"])
                 break
@@ -212,3 +257,24 @@ class Trainer:
                 save_checkpoint(checkpoint_dir, self.net.state_dict(), {**(checkpoint_config or {}), "epoch": len(history)})
         self.net.eval()
         return history
+
+    def _agree(self, flag: bool) -> bool:
+        """``flag`` on any rank (one all-reduce under DDP, so every rank stops at the same epoch)."""
+        if not self.dist.is_distributed:
+            return flag
+        return float(all_reduce_mean(torch.tensor(float(flag), device=self.device))) > 0
+
+
+def _budget_seconds(cfg: Any) -> float | None:
+    """The config's budget in seconds (``max_minutes``; configs without one have none)."""
+    minutes = getattr(cfg, "max_minutes", None)
+    return float(minutes) * 60.0 if minutes else None
+
+
+def budget_clock() -> float:
+    """The clock budgets are measured on (monotonic seconds); :class:`TwoTower` shares it."""
+    return _clock()
+
+
+#: the trainer's clock; tests replace it to make budgets deterministic
+_clock = time.monotonic

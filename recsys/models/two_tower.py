@@ -38,6 +38,7 @@ from recsys.io import load_npz, save_npz
 from recsys.models.base import FactorModel
 from recsys.models.two_tower_config import TwoTowerConfig
 from recsys.models.two_tower_data import build_train_data, pad_histories, user_balance_weights
+from recsys.progress import Deadline, format_seconds
 
 # The torch-backed modules (towers, trainer, two_tower_net, checkpoint, distributed) are
 # imported inside the methods that need them, as torch itself is: importing this module
@@ -48,6 +49,11 @@ log = logging.getLogger(__name__)
 __all__ = ["TwoTower", "TwoTowerConfig", "user_balance_weights"]
 
 _NET = "net."  # prefix of the net's tensors inside a saved .npz
+
+
+def _minutes(seconds: float | None) -> float | None:
+    """A budget share in seconds as ``max_minutes`` (``None`` stays "no budget"; 0 s is not)."""
+    return None if seconds is None else max(seconds, 1e-6) / 60.0
 
 
 class TwoTower(FactorModel):
@@ -114,11 +120,12 @@ class TwoTower(FactorModel):
         import torch  # lazy, as the torch-backed modules below: see the note after the imports
 
         from recsys.models.distributed import DistInfo
-        from recsys.models.trainer import Trainer
+        from recsys.models.trainer import Trainer, budget_clock
         from recsys.models.two_tower_net import arch_from, build_member
 
         cfg = self.config
         cfg.validate()
+        deadline = Deadline(cfg.budget_seconds, clock=budget_clock)  # starts now: data preparation counts too
         n_users, n_items = user_items.shape
         data = build_train_data(user_items, pairs, cfg, user_categorical, user_dense)
         self._arch = arch_from(n_users, n_items, item_features, user_categorical, user_dense)
@@ -127,9 +134,13 @@ class TwoTower(FactorModel):
         self.item_counts_ = data.item_counts().astype(np.int64)
         self.user_items_ = user_items
         self.device_ = resolve_device(cfg.device)
+        log.info("two-tower: training on %s (device=%r)", self.device_, cfg.device)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
         self.net_ = build_member(self._arch, cfg, item_features).to(self.device_)  # member 0: validated, early-stopped
-        trainer = Trainer(self.net_, cfg, self.device_, DistInfo.current())
+        # the budget covers every member: each gets an even share of what is left when it
+        # starts, so time member 0 leaves unused (early stopping) goes to the others
+        member_cfg = dataclasses.replace(cfg, max_minutes=_minutes(deadline.share(cfg.ensemble)))
+        trainer = Trainer(self.net_, member_cfg, self.device_, DistInfo.current())
         evaluate = None
         if validation is not None:
 
@@ -140,14 +151,24 @@ class TwoTower(FactorModel):
         member_config = {"config": {**self.get_params(), "ensemble": 1}, "arch": self._arch}
         self.history_ = trainer.fit(data, evaluate, on_epoch, checkpoint_dir, member_config, cfg.show_progress)
         self.best_epoch_, self.best_score_ = trainer.best_epoch, trainer.best_score
+        self.stop_reason_ = trainer.stop_reason
         if cfg.ensemble > 1:
-            self._fit_other_members(data, item_features, len(self.history_) if evaluate is None else self.best_epoch_)
+            epochs = len(self.history_) if evaluate is None else self.best_epoch_
+            if self._fit_other_members(data, item_features, epochs, deadline) and self.stop_reason_ != "budget":
+                self.stop_reason_ = "budget"
             if checkpoint_dir is not None and DistInfo.current().is_main:
                 self.save_checkpoint(checkpoint_dir)  # the whole ensemble replaces member 0's checkpoint
         self._export()
+        self.fit_seconds_ = budget_clock() - deadline.start
+        log.info("two-tower: %d member(s) trained in %s, stopped by %s%s", cfg.ensemble, format_seconds(self.fit_seconds_),
+                 self.stop_reason_, f" (budget {format_seconds(cfg.budget_seconds)})" if cfg.budget_seconds else "")  # fmt: skip
 
-    def _fit_other_members(self, data: Any, item_features: Any, epochs: int) -> None:
-        """Members 1..K-1: seeds ``seed + j``, as many epochs as member 0 kept; then one net."""
+    def _fit_other_members(self, data: Any, item_features: Any, epochs: int, deadline: Deadline) -> bool:
+        """Members 1..K-1: seeds ``seed + j``, as many epochs as member 0 kept; then one net.
+
+        Each member gets an even share of the budget left when it starts (the last one all
+        of it). Returns whether any member was stopped by the budget.
+        """
         import torch  # lazy, as the torch-backed modules below: see the note after the imports
 
         from recsys.models.distributed import DistInfo
@@ -155,14 +176,19 @@ class TwoTower(FactorModel):
         from recsys.models.trainer import Trainer
         from recsys.models.two_tower_net import build_member
 
-        members = [self.net_]
+        members, cut = [self.net_], False
         for j in range(1, self.ensemble):
-            cfg = dataclasses.replace(self.config, seed=self.seed + j, epochs=epochs, patience=None)
+            share = deadline.share(self.ensemble - j)
+            cfg = dataclasses.replace(self.config, seed=self.seed + j, epochs=epochs, patience=None, max_minutes=_minutes(share))
             torch.manual_seed(cfg.seed)
             members.append(build_member(self._arch, self.config, item_features).to(self.device_))
-            log.info("two-tower ensemble: member %d/%d, %d epochs", j + 1, self.ensemble, epochs)
-            Trainer(members[-1], cfg, self.device_, DistInfo.current()).fit(data, show_progress=cfg.show_progress)
+            budget = f", budget {format_seconds(share)}" if share is not None else ""
+            log.info("two-tower ensemble: member %d/%d, %d epochs%s", j + 1, self.ensemble, epochs, budget)
+            trainer = Trainer(members[-1], cfg, self.device_, DistInfo.current())
+            trainer.fit(data, show_progress=cfg.show_progress)
+            cut = cut or trainer.stop_reason == "budget"
         self.net_ = EnsembleNet(members)
+        return cut
 
     # -- inference -------------------------------------------------------------------------
     def _check_net(self) -> None:

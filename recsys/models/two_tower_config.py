@@ -7,11 +7,12 @@ arguments and stores them with every ``.npz`` and checkpoint.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from recsys.errors import ConfigError
 
-__all__ = ["TwoTowerConfig", "refit_epochs"]
+__all__ = ["TwoTowerConfig", "pairs_per_epoch", "refit_epochs"]
 
 
 @dataclass
@@ -41,6 +42,14 @@ class TwoTowerConfig:
     the members' concatenated, so ``ensemble * dim`` wide, scoring their mean cosine), early
     stopping on validation ``metric`` every ``eval_every`` epochs with ``patience``, ``seed``, ``device`` ("auto"|"cpu"|"cuda"), ``amp`` (bfloat16 autocast
     on GPU), ``show_progress``.
+    Budget: ``max_minutes`` caps the wall time of one ``fit`` (all ensemble members
+    together; ``None`` or 0 = no budget): training stops when it ends and the best weights
+    so far are kept (by validation when it runs, else the last, averaged ones), see
+    :mod:`recsys.models.trainer`. ``samples_per_epoch`` makes an epoch a fresh random
+    sample of that many training pairs instead of a full pass (``None`` or 0 = full pass):
+    at millions of pairs it keeps validation, early stopping and the budget checks
+    frequent. Why a budget: the two-tower's cost grows with pairs x epochs x members, and a
+    nightly job must end on time whatever the log's size.
     """
 
     dim: int = 64
@@ -78,6 +87,13 @@ class TwoTowerConfig:
     device: str = "auto"
     amp: bool = True
     show_progress: bool = False
+    max_minutes: float | None = None
+    samples_per_epoch: int | None = None
+
+    @property
+    def budget_seconds(self) -> float | None:
+        """``max_minutes`` in seconds, ``None`` when there is no budget (``None`` or 0)."""
+        return float(self.max_minutes) * 60.0 if self.max_minutes else None
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first invalid value."""
@@ -98,6 +114,12 @@ class TwoTowerConfig:
             raise ConfigError(f"temperature and lr must be positive, got {self.temperature!r}, {self.lr!r}")
         if self.patience is not None and self.patience <= 0:
             raise ConfigError(f"patience must be a positive integer or None, got {self.patience!r}")
+        m = self.max_minutes
+        if m is not None and (isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m) or m < 0):
+            raise ConfigError(f"max_minutes must be a number of minutes >= 0 (0 or None: no budget), got {m!r}")
+        s = self.samples_per_epoch
+        if s is not None and (isinstance(s, bool) or not isinstance(s, int) or s < 0):
+            raise ConfigError(f"samples_per_epoch must be an integer >= 0 (0 or None: every pair each epoch), got {s!r}")
 
 
 def refit_epochs(best_epoch: int, n_selection_pairs: int, n_refit_pairs: int) -> int:
@@ -115,3 +137,12 @@ def refit_epochs(best_epoch: int, n_selection_pairs: int, n_refit_pairs: int) ->
     if best_epoch <= 0 or n_selection_pairs <= 0 or n_refit_pairs <= 0:
         raise ConfigError(f"refit_epochs needs positive counts, got {best_epoch}, {n_selection_pairs}, {n_refit_pairs}")
     return max(1, round(best_epoch * n_selection_pairs / n_refit_pairs))
+
+
+def pairs_per_epoch(n_pairs: int, samples_per_epoch: int | None) -> int:
+    """Training pairs one epoch visits: all of them, or a sample of ``samples_per_epoch``.
+
+    The refit on train + valid (:func:`refit_epochs`) compares optimizer steps, so with
+    sampled epochs an epoch is the same number of steps on either table.
+    """
+    return min(n_pairs, samples_per_epoch) if samples_per_epoch else n_pairs
