@@ -24,27 +24,22 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from pipelines.config import read_toml
+from recsys.config import EmbedContentConfig, validate_config
 from recsys.errors import ConfigError, InputError
 
 HELP = "embed item text with MiniLM (or the TF-IDF test double), cached by text hash"
 
 log = logging.getLogger("recsys.embed_content")
 
-DEFAULTS: dict[str, Any] = {
-    "text_cols": "title,genres",
-    "encoder": "minilm",
-    "batch_size": 64,
-    "device": "auto",
-    "tfidf_dim": 64,
-    "experiment": "embed-content",
-}
+#: the defaults of every option (the flags and the [embed_content] keys share the schema)
+DEFAULTS: dict[str, Any] = EmbedContentConfig().model_dump()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,24 +63,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Flags over ``--config [embed_content]`` over :data:`DEFAULTS`; required keys checked."""
-    opts = dict(DEFAULTS)
+    """Flags over ``--config [embed_content]`` over the schema's defaults, validated once.
+
+    The table is checked by :class:`recsys.config.EmbedContentConfig` (unknown keys name the
+    closest valid key, wrong types name the key), then the flags that were given override it.
+    """
+    table: dict[str, Any] = {}
     if getattr(args, "config", None):
-        try:
-            with open(args.config, "rb") as f:
-                table = tomllib.load(f).get("embed_content", {})
-        except (OSError, tomllib.TOMLDecodeError) as e:
-            raise ConfigError(f"cannot read config {args.config}: {e}") from e
-        unknown = set(table) - set(vars(args)) - set(DEFAULTS)
-        if unknown:
-            raise ConfigError(f"unknown keys in [embed_content] of {args.config}: {sorted(unknown)}")
-        opts.update(table)
-    opts.update({k: v for k, v in vars(args).items() if v is not None and not k.startswith("_") and k != "command"})
+        raw = read_toml(args.config)
+        table = raw.get("embed_content", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"[embed_content] of {args.config} must be a table")
+    flags = {k: v for k, v in vars(args).items() if v is not None and k in EmbedContentConfig.model_fields}
+    opts = validate_config({**table, **flags}, EmbedContentConfig, what=f"[embed_content] of {args.config or 'flags'}").model_dump()
     for key in ("dataset", "out"):
         if not opts.get(key):
             raise ConfigError(f"--{key} is required (flag or [embed_content] {key} in --config)")
-    if opts["encoder"] not in ("minilm", "tfidf"):
-        raise ConfigError(f"encoder must be 'minilm' or 'tfidf', got {opts['encoder']!r}")
     if isinstance(opts["text_cols"], str):
         opts["text_cols"] = [c.strip() for c in opts["text_cols"].split(",") if c.strip()]
     return opts

@@ -22,11 +22,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import tomllib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from pipelines.config import effective_config
 
 HELP = "export vectors to a recall-gated Annoy bundle and publish it (ROOT/latest)"
 log = logging.getLogger("recsys.export")
@@ -42,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--model", "--model-dir", dest="model", help="saved recsys FactorModel (.npz or dir with model.npz)")
     src.add_argument("--vectors", help=".npz with item_vectors [user_vectors item_source similarity]")
     parser.add_argument("--out", required=True, help="bundle root (ROOT/bundles/<version>, ROOT/latest)")
-    parser.add_argument("--config", help="TOML file; its [index] section (flags override)")
+    parser.add_argument("--config", help="run config TOML, validated like `recsys run`'s; its [index] section (flags override)")
     parser.add_argument("--n-trees", type=int)
     parser.add_argument("--search-k", type=int)
     parser.add_argument("--min-recall", type=float)
@@ -63,16 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def index_config(args: argparse.Namespace) -> Any:
-    """``[index]`` of ``--config`` overridden by the flags that were given."""
-    from recsys.errors import ConfigError
+    """``[index]`` of the packaged defaults and ``--config`` (typed, validated), overridden by the given flags."""
     from recsys.serving.bundle import IndexConfig
 
-    section: dict[str, Any] = {}
-    if args.config:
-        try:
-            section = dict(tomllib.loads(Path(args.config).read_text()).get("index", {}))
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"{args.config} is not valid TOML: {e}") from e
+    section: dict[str, Any] = effective_config(argparse.Namespace(config=args.config)).section("index")
     for flag, key in _INDEX_FLAGS.items():
         if getattr(args, flag, None) is not None:
             section[key] = getattr(args, flag)

@@ -5,8 +5,10 @@ Examples::
     recsys rollback --out runs/default                    # back to the previous champion
     recsys rollback --out runs/default --to-version 3     # to a given registered version
 
-The registered model name and alias come from ``[promotion]`` of ``--config`` (default
-configs/default.toml) unless given. Rollback bypasses the quality gates on purpose: a
+The registered model name and alias come from the flags, else ``[promotion]`` of
+``--config``, else of the effective config the last ``recsys run`` wrote into
+``OUT/state/effective_config.toml`` (so ``--out`` alone is enough, from any directory), else
+the packaged defaults; every config read is validated like ``recsys run``'s. Rollback bypasses the quality gates on purpose: a
 person decided. It takes the same lock as ``recsys run``, so it never races a nightly run.
 
 Nothing moves until the target is known good: the version exists, carries the tags a
@@ -22,9 +24,9 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
-from pipelines.build_dataset import load_toml
-from pipelines.config import section
+from pipelines.config import effective_config
 from pipelines.tracking_uri import resolve_tracking_uri
 
 HELP = "move the champion alias (and OUT/latest) back to the previous or a given version"
@@ -33,11 +35,21 @@ log = logging.getLogger("recsys.rollback")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory of `recsys run` (holds bundles/ and latest)")
-    parser.add_argument("--config", type=Path, default=Path("configs/default.toml"), help="for [promotion] (default: %(default)s)")
+    parser.add_argument("--config", type=Path,
+                        help="run config for [promotion] (default: OUT/state/effective_config.toml, else the packaged defaults)")
     parser.add_argument("--registered-model", help="registered model name (default: [promotion] registered_model)")
     parser.add_argument("--alias", help="alias to move (default: [promotion] alias, else champion)")
     parser.add_argument("--to-version", help="registered model version to roll back to (default: the previous champion)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
+
+
+def promotion_section(args: argparse.Namespace) -> Any:
+    """``[promotion]`` of ``--config``, else of the run's effective config, else the packaged defaults."""
+    config = args.config
+    if config is None:
+        written = args.out / "state" / "effective_config.toml"
+        config = written if written.is_file() else None
+    return effective_config(argparse.Namespace(config=config)).promotion
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,12 +60,9 @@ def main(args: argparse.Namespace) -> int:
     from recsys.serving.versions import LATEST, current, publish
     from recsys.tracking import validate_name
 
-    promo = section(load_toml(args.config), "promotion") if args.config and args.config.exists() else {}
-    name = args.registered_model or promo.get("registered_model")
-    if not name:
-        raise ConfigError("no registered model name: pass --registered-model or a --config with [promotion] registered_model")
-    validate_name(name, "registered model name")
-    alias = validate_name(args.alias or promo.get("alias", "champion"), "alias")
+    promo = promotion_section(args)
+    name = validate_name(args.registered_model or promo.registered_model, "registered model name")
+    alias = validate_name(args.alias or promo.alias, "alias")
     client = promotion.registry_client(resolve_tracking_uri(args.tracking_uri, os.environ))
     with DirectoryLock(args.out):
         target, history = promotion.rollback_target(client, name, alias, to_version=args.to_version)

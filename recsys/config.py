@@ -33,7 +33,7 @@ from recsys.models import registry
 from recsys.serving.bundle import IndexConfig
 from recsys.tracking import validate_name
 
-__all__ = ["RunConfig", "validate_config", "DATASET_SECTIONS", "RUN_SECTIONS"]
+__all__ = ["RunConfig", "EmbedContentConfig", "validate_config", "DATASET_SECTIONS", "RUN_SECTIONS"]
 
 #: sections read by ``recsys build-dataset`` (plus the top-level keys of :class:`RunConfig`)
 DATASET_SECTIONS = ("events", "items", "weights", "filter", "split")
@@ -254,9 +254,9 @@ def _drop_none(x: Any) -> Any:
     return x
 
 
-def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+def _valid_keys(loc: tuple[Any, ...], schema: type[BaseModel] = None) -> list[str]:  # type: ignore[assignment]
     """The valid keys at ``loc`` in the schema (for "did you mean")."""
-    model: Any = RunConfig
+    model: Any = schema or RunConfig
     for part in loc[:-1]:
         fields = getattr(model, "model_fields", {})
         if part not in fields:
@@ -265,8 +265,11 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
-def validate_config(raw: Mapping[str, Any]) -> RunConfig:
-    """Validate a merged config mapping; one :class:`ConfigError` lists every problem.
+def validate_config(raw: Mapping[str, Any], schema: type[BaseModel] | None = None, what: str = "config") -> Any:
+    """Validate a merged config mapping against ``schema`` (default :class:`RunConfig`).
+
+    One :class:`ConfigError` lists every problem, each naming the key and, for an unknown
+    key, the closest valid one.
 
     Raises
     ------
@@ -274,22 +277,44 @@ def validate_config(raw: Mapping[str, Any]) -> RunConfig:
         e.g. ``[content]: unknown key 'txt_cols' (did you mean 'text_cols'?)`` or
         ``[index] min_recall = 'high': Input should be a valid number``.
     """
+    schema = schema or RunConfig
     try:
-        return RunConfig.model_validate(dict(raw))
+        return schema.model_validate(dict(raw))
     except pydantic.ValidationError as e:
         lines = []
         for err in e.errors():
             loc = tuple(err["loc"])
-            where = f"[{'.'.join(str(p) for p in loc[:-1])}]" if len(loc) > 1 else "top level"
+            where = (f" [{'.'.join(str(p) for p in loc[:-1])}]" if len(loc) > 1
+                     else " top level" if schema is RunConfig else "")
             key = str(loc[-1]) if loc else ""
             if err["type"] == "extra_forbidden":
-                valid = _valid_keys(loc)
-                lines.append(f"config {where}: unknown key {key!r}{registry.did_you_mean(key, valid)}; "
+                valid = _valid_keys(loc, schema)
+                lines.append(f"{what}{where}: unknown key {key!r}{registry.did_you_mean(key, valid)}; "
                              f"valid keys: {sorted(valid)}")
             elif err["type"] == "value_error":
-                lines.append(f"config: {str(err['msg']).removeprefix('Value error, ')}")
+                lines.append(f"{what}: {str(err['msg']).removeprefix('Value error, ')}")
             else:
-                lines.append(f"config {where} {key} = {err.get('input')!r}: {err['msg']}")
+                lines.append(f"{what}{where} {key} = {err.get('input')!r}: {err['msg']}")
         raise ConfigError("; ".join(lines)) from None
     except ConfigError as e:  # raised by a registry lookup inside a validator
-        raise ConfigError(f"config: {e}") from None
+        raise ConfigError(f"{what}: {e}") from None
+
+
+class EmbedContentConfig(_Section):
+    """``[embed_content]`` of ``recsys embed-content --config`` (the flags have the same names)."""
+
+    dataset: str | None = None
+    cache: str | None = None
+    text_cols: str | list[str] = "title,genres"
+    tags: str | None = None
+    tags_item_col: str | None = None
+    encoder: Literal["minilm", "tfidf"] = "minilm"
+    model_path: str | None = None
+    tfidf_state: str | None = None
+    tfidf_dim: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1)
+    device: str = "auto"
+    out: str | None = None
+    no_progress: bool | None = None
+    tracking_uri: str | None = None
+    experiment: str = "embed-content"

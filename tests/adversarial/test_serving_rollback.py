@@ -46,8 +46,7 @@ def registry(template, tmp_path):
 
 
 def _rollback(reg, *extra):
-    return main(["rollback", "--out", str(reg["out"]), "--registered-model", "m", "--tracking-uri", reg["uri"],
-                 "--config", str(reg["out"] / "no-config.toml"), *extra])
+    return main(["rollback", "--out", str(reg["out"]), "--registered-model", "m", "--tracking-uri", reg["uri"], *extra])
 
 
 def _state(reg):
