@@ -118,11 +118,13 @@ class Runner:
         blend_res = self._step("blend", {"model": refit_res.fingerprint, "content": content_res and content_res.fingerprint,
                                          "config": content_cfg},
                                lambda: steps.blend_step(ctx, ds, refit_res.outputs["model_path"],
-                                                        content_res and content_res.outputs["content_path"], content_cfg))
+                                                        content_res and content_res.outputs["content_path"], content_cfg,
+                                                        selection_model_path=trained[publish].outputs["model_path"]))
         index_cfg = self.cfg.section("index")
         extra = {"dataset_manifest_sha256": ds_res.outputs.get("manifest_sha256"), "model": publish,
                  "params": published["params"], "refit_on_all": refit, "train_run_id": published["run_id"],
-                 "vector_sources": blend_res.outputs.get("sources")}
+                 "vector_sources": blend_res.outputs.get("sources"),
+                 "cold_start_mapper": blend_res.outputs.get("mapper")}
         export_res = self._step("export", {"blend": blend_res.fingerprint, "index": index_cfg},
                                 lambda: steps.export_step(ctx, ds, publish, refit_res.outputs["model_path"],
                                                           blend_res.outputs["vectors_path"], index_cfg,

@@ -25,6 +25,7 @@ from recsys.data.dataset import Dataset
 from recsys.embeddings.blend import ContentBlender, ItemVectorTable
 from recsys.embeddings.cache import EmbeddingCache
 from recsys.embeddings.content import embed_items, item_texts
+from recsys.embeddings.mappers import make_mapper, select_mapper_on_dataset
 from recsys.errors import ConfigError
 from recsys.io import load_npz, read_json, save_npz, sha256_file, write_json
 from recsys.models.base import Recommender
@@ -153,23 +154,49 @@ def _jsonable(x: Any) -> Any:
 # -- blend -----------------------------------------------------------------------------------
 
 
-def blend_step(ctx: RunContext, ds: Dataset, model_path: str, content_path: str | None, cfg: dict[str, Any]) -> dict[str, Any]:
-    """One item-vector table for warm and cold items, with where each vector came from."""
+def blend_step(ctx: RunContext, ds: Dataset, model_path: str, content_path: str | None, cfg: dict[str, Any],
+               selection_model_path: str | None = None) -> dict[str, Any]:
+    """One item-vector table for warm and cold items, with where each vector came from.
+
+    ``model_path`` is the published (refitted) model; ``selection_model_path`` the same
+    family fitted on ``train`` only, on which ``[content] mapper = "auto"`` chooses the
+    cold-start mapper (validation split only; see :mod:`recsys.embeddings.mappers`).
+    """
     model = Recommender.load(model_path)
     cf = np.asarray(model.item_factors_, np.float32)
     counts = np.asarray((all_interactions(ds) > 0).sum(axis=0)).ravel()
     path = ctx.out / "vectors" / "items.npz"
+    mapper_info = None
     if content_path is None:
         prov = np.where(counts > 0, "cf", "missing")
         table = ItemVectorTable(np.where((counts > 0)[:, None], cf, 0.0), prov, (counts > 0).astype(np.float32), {"content": False})
     else:
         content = load_npz(content_path)["vectors"]
-        blender = ContentBlender(k=float(cfg.get("blend_k", 0.0)), mapper=cfg.get("mapper", "ridge"),
+        mapper, mapper_info = _cold_start_mapper(ctx, ds, content, cfg, selection_model_path or model_path)
+        blender = ContentBlender(k=float(cfg.get("blend_k", 0.0)), mapper=mapper,
                                  min_count=int(cfg.get("min_count", 5)), cold_scale=float(cfg.get("cold_scale", 1.0)))
         blender.fit(content, cf, counts)
         table = blender.transform(content, cf, counts)
+        table.meta["cold_start_mapper"] = mapper_info
     table.save(path)
-    return {"vectors_path": str(path), "sources": table.counts()}
+    return {"vectors_path": str(path), "sources": table.counts(), "mapper": _jsonable(mapper_info)}
+
+
+def _cold_start_mapper(ctx: RunContext, ds: Dataset, content: np.ndarray, cfg: dict[str, Any],
+                       selection_model_path: str) -> tuple[Any, dict[str, Any]]:
+    """The configured mapper, or for ``"auto"`` the one chosen on validation (logged to MLflow)."""
+    name = cfg.get("mapper", "auto")
+    if name != "auto":
+        params = {"knn": {"k": int(cfg.get("knn_k", 20))},
+                  "blend": {"k": int(cfg.get("knn_k", 20)), "alpha": float(cfg.get("mapper_alpha", 0.5))}}.get(name, {})
+        return make_mapper(name, **params), {"mapper": name, "params": params, "selected_on": None, "reason": "configured"}
+    sel_model = Recommender.load(selection_model_path)
+    sel = select_mapper_on_dataset(ds, content, sel_model.user_factors_, sel_model.item_factors_, seed=ctx.seed,
+                                   holdout_frac=float(cfg.get("mapper_holdout", 0.1)), min_count=int(cfg.get("min_count", 5)))
+    with tracking.start_run(ctx.tracking_uri, ctx.experiment, run_name="cold-start-mapper", tags={"recsys.step": "blend"}):
+        tracking.log_config(sel.mlflow_params())
+        tracking.log_metrics(sel.mlflow_metrics())
+    return sel.make(), sel.as_dict()
 
 
 # -- export ------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from recsys.embeddings.blend import ContentBlender, ItemVectorTable, MLPMap, RidgeMap, blend_weights
-from recsys.errors import BundleError, InputError, NotFittedError
+from recsys.embeddings.mappers import BlendMap, KnnMap, knn_neighbours, make_mapper
+from recsys.errors import BundleError, ConfigError, InputError, NotFittedError
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +105,7 @@ def test_bad_inputs_are_refused_with_reasons() -> None:
         ContentBlender(min_count=50).fit(content, cf, counts)
     with pytest.raises(InputError, match="unknown provenance"):
         ItemVectorTable(np.zeros((1, 2)), np.array(["guess"]), np.zeros(1))
-    with pytest.raises(InputError, match="mapper must be"):
+    with pytest.raises(InputError, match="valid names: auto, ridge, knn, blend, mlp"):
         ContentBlender(mapper="lasso").fit(content, cf, counts)
 
 
@@ -118,3 +119,43 @@ def test_cold_scale_multiplies_only_cold_rows_and_is_tuned_with_k() -> None:
     assert (b.k, b.cold_scale) == (0.0, 0.5) and len(scores) == 6
     with pytest.raises(InputError, match="cold_scale"):
         b.transform(content, cf, counts, cold_scale=0)
+
+
+def test_knn_mapper_is_the_similarity_weighted_mean_of_the_nearest_warm_items() -> None:
+    warm = np.array([[1, 0], [0.8, 0.6], [0, 1], [-1, 0]], np.float32)
+    cf = np.array([[1, 0], [0, 1], [5, 5], [9, 9]], np.float32)
+    out = KnnMap(k=2).fit(warm, cf).transform(np.array([[1, 0]], np.float32))
+    # neighbours: item 0 (cos 1) and item 1 (cos 0.8); items 2 and 3 are not among the 2 nearest
+    np.testing.assert_allclose(out, [[1 / 1.8, 0.8 / 1.8]], rtol=1e-5)
+    idx, sims = knn_neighbours(np.array([[0, 2]], np.float32), warm, k=10)  # k beyond the base: every item
+    assert idx[0].tolist() == [2, 1, 0, 3] and sims[0, 0] == pytest.approx(1.0)
+
+
+def test_knn_mapper_falls_back_to_the_plain_mean_when_no_neighbour_is_similar() -> None:
+    warm = np.array([[1, 0], [0, 1]], np.float32)
+    cf = np.array([[2, 0], [0, 4]], np.float32)
+    out = KnnMap(k=2).fit(warm, cf).transform(np.array([[-1, -1]], np.float32))
+    np.testing.assert_allclose(out, [[1, 2]])
+
+
+def test_blend_mapper_is_alpha_ridge_plus_one_minus_alpha_knn(linear_problem) -> None:
+    x, y, _ = linear_problem
+    b = BlendMap(alpha=0.3, k=7).fit(x[:300], y[:300])
+    want = 0.3 * RidgeMap().fit(x[:300], y[:300]).predict(x[300:]) + 0.7 * KnnMap(7).fit(x[:300], y[:300]).transform(x[300:])
+    np.testing.assert_allclose(b.transform(x[300:]), want, rtol=1e-5, atol=1e-5)
+    blender = ContentBlender(mapper="blend", mapper_params={"alpha": 0.3, "k": 7}).fit(x, y, np.full(len(x), 10))
+    assert isinstance(blender.mapper_, BlendMap) and blender.mapper_.k == 7
+
+
+def test_mapper_names_and_parameters_are_checked() -> None:
+    assert isinstance(make_mapper("knn", k=3), KnnMap) and isinstance(make_mapper("ridge"), RidgeMap)
+    with pytest.raises(ConfigError, match="select_mapper"):
+        make_mapper("auto")
+    with pytest.raises(ConfigError, match="valid names: auto, ridge, knn, blend, mlp"):
+        make_mapper("lasso")
+    with pytest.raises(InputError, match=">= 1"):
+        KnnMap(k=0)
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        BlendMap(alpha=1.5)
+    with pytest.raises(NotFittedError):
+        KnnMap().transform(np.zeros((1, 2), np.float32))

@@ -127,3 +127,142 @@ def test_two_tower_vectors_give_cold_items_their_content_only_tower_vector() -> 
     assert u.shape == (ds.n_users, 8) and v.shape == (ds.n_items, 8) and np.isfinite(v).all()
     cold = np.unique(ds.split("test_cold")["item_idx"].to_numpy())
     assert len(cold) == 8 and np.allclose(np.linalg.norm(v[cold], axis=1), 1.0, atol=1e-4)  # cosine tower output
+
+
+# -- cold-start mapper chosen on validation (issue 21 item 2) ---------------------------------
+
+
+def _world(kind: str, n_users: int = 800, n_items: int = 1500, d: int = 8, seed: int = 0):
+    """Known user/item CF vectors, content tied to the item vectors (``linear`` or not), and
+    train/valid/test matrices sampled from ``softmax(2 u.v)`` (30 items per user)."""
+    rng = np.random.default_rng(seed)
+    if kind == "linear":  # content = a linear image of the CF vector: ridge recovers it
+        v = rng.normal(size=(n_items, d))
+        x = v @ rng.normal(size=(d, 16)) + 0.05 * rng.normal(size=(n_items, 16))
+    else:  # CF vector = cos of a projection of 3-d content: no useful linear part, smooth locally
+        x3 = rng.normal(size=(n_items, 3))
+        v = np.cos(2.5 * x3 @ rng.normal(size=(3, d)))
+        x = np.c_[x3, np.zeros((n_items, 13))]
+    u = rng.normal(size=(n_users, d))
+    s = 2 * (u @ v.T)
+    p = np.exp(s - s.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    cols = np.concatenate([rng.choice(n_items, 30, replace=False, p=p[i]) for i in range(n_users)])
+    rows = np.repeat(np.arange(n_users), 30)
+    r = rng.random(len(rows))
+
+    def m(mask: np.ndarray) -> sp.csr_matrix:
+        return sp.csr_matrix((np.ones(mask.sum(), np.float32), (rows[mask], cols[mask])), shape=(n_users, n_items))
+
+    mats = {"train": m(r < 0.7), "valid": m((r >= 0.7) & (r < 0.85)), "test": m(r >= 0.85)}
+    return x.astype(np.float32), u.astype(np.float32), v.astype(np.float32), mats
+
+
+def test_auto_picks_ridge_when_content_is_a_linear_image_of_the_cf_vectors() -> None:
+    from recsys.embeddings.mappers import select_mapper
+
+    x, u, v, mats = _world("linear")
+    sel = select_mapper(x, u, v, mats["train"], mats["valid"], seed=0)
+    assert sel.mapper == "ridge", sel.scores
+    assert sel.scores["ridge"]["recall@20"] > sel.scores["knn(k=5)"]["recall@20"]
+    assert sel.n_users > 100 and sel.n_folds == 3 and sel.n_pseudo_cold % 3 == 0 and sel.n_pseudo_cold > 0
+
+
+def test_auto_picks_knn_when_the_ridge_map_is_useless_on_non_linear_content() -> None:
+    from recsys.embeddings.mappers import select_mapper
+
+    x, u, v, mats = _world("nonlinear")
+    sel = select_mapper(x, u, v, mats["train"], mats["valid"], seed=0)
+    assert sel.mapper == "knn", sel.reason
+    best = sel.scores[f"knn(k={sel.params['k']})"]["recall@20"]
+    assert best > 2 * sel.scores["ridge"]["recall@20"]
+    assert type(sel.make()).__name__ == "KnnMap" and sel.make().k == sel.params["k"]
+
+
+def _as_dataset(mats: dict[str, sp.csr_matrix]) -> Dataset:
+    from recsys.data.idmap import IdMap
+
+    def frame(m: sp.csr_matrix) -> pl.DataFrame:
+        c = m.tocoo()
+        return pl.DataFrame({"user_idx": c.row.astype(np.int32), "item_idx": c.col.astype(np.int32),
+                             "weight": c.data.astype(np.float32)})
+
+    n_users, n_items = mats["train"].shape
+    splits = {name: frame(m) for name, m in mats.items()}
+    splits["test_cold"] = splits["test"].clear()
+    return Dataset(splits, IdMap([str(i) for i in range(n_users)], "user"), IdMap([str(i) for i in range(n_items)], "item"))
+
+
+def test_selection_reads_only_train_and_valid_and_ignores_whatever_test_holds(monkeypatch) -> None:
+    from recsys.embeddings.mappers import select_mapper_on_dataset
+
+    x, u, v, mats = _world("nonlinear", n_users=400)
+    ds = _as_dataset(mats)
+    read: list[str] = []
+    real_split = Dataset.split
+    monkeypatch.setattr(Dataset, "split", lambda self, name: read.append(name) or real_split(self, name))
+    sel = select_mapper_on_dataset(ds, x, u, v, seed=3)
+    assert read and set(read) <= {"train", "valid"}, read
+    # the test split replaced by the validation interactions (which would favour other choices): nothing moves
+    swapped = _as_dataset({**mats, "test": mats["valid"]})
+    assert select_mapper_on_dataset(swapped, x, u, v, seed=3).as_dict() == sel.as_dict()
+    # while a different validation split does move the scores
+    other = _as_dataset({**mats, "valid": mats["test"]})
+    assert select_mapper_on_dataset(other, x, u, v, seed=3).scores != sel.scores
+
+
+def test_too_little_validation_evidence_falls_back_to_ridge_and_says_why() -> None:
+    from recsys.embeddings.mappers import select_mapper
+
+    x, u, v, mats = _world("nonlinear", n_users=200)
+    sel = select_mapper(x, u, v, mats["train"], mats["valid"], min_users=10_000)
+    assert sel.mapper == "ridge" and "validation users" in sel.reason and sel.scores == {}
+    with pytest.raises(InputError, match="holdout_frac"):
+        select_mapper(x, u, v, mats["train"], mats["valid"], holdout_frac=0.5, n_folds=3)
+
+
+def test_a_bad_mapper_name_exits_2_naming_the_valid_mappers(tmp_path, capsys) -> None:
+    from pathlib import Path
+
+    from pipelines.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "default.toml")
+    code = main(["run", "--config", config, "--out", str(tmp_path / "out"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                 "--set", 'content.mapper="lasso"'])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "mapper" in err and all(n in err for n in ("'auto'", "'ridge'", "'knn'", "'blend'")), err
+
+
+def test_blend_step_uses_the_train_model_for_auto_and_records_the_choice_for_the_manifest_and_mlflow(tmp_path) -> None:
+    from mlflow import MlflowClient
+
+    from pipelines import steps
+    from recsys.embeddings.blend import ItemVectorTable
+    from recsys.embeddings.mappers import select_mapper_on_dataset
+    from recsys.io import save_npz
+    from recsys.models.als import ALS
+
+    x, _, _, mats = _world("nonlinear", n_users=400, n_items=600)
+    ds = _as_dataset(mats)
+    trained = ALS(factors=8, iterations=3, random_state=0, device="cpu").fit(ds.matrix("train"))
+    refit = ALS(factors=8, iterations=3, random_state=1, device="cpu").fit(ds.matrix("train", "valid", "test"))
+    trained.save(tmp_path / "trained.npz")
+    refit.save(tmp_path / "refit.npz")
+    save_npz(tmp_path / "content.npz", vectors=x)
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    ctx = steps.RunContext(out=tmp_path / "out", tracking_uri=uri, experiment="h6", seed=5, show_progress=False)
+    cfg = {"mapper": "auto", "min_count": 5, "mapper_holdout": 0.1}
+    out = steps.blend_step(ctx, ds, str(tmp_path / "refit.npz"), str(tmp_path / "content.npz"), cfg,
+                           selection_model_path=str(tmp_path / "trained.npz"))
+    want = select_mapper_on_dataset(ds, x, trained.user_factors_, trained.item_factors_, seed=5)
+    assert out["mapper"]["mapper"] == want.mapper and out["mapper"]["scores"] == want.scores
+    assert out["mapper"]["selected_on"] == "valid" and len(out["mapper"]["scores"]) == 17
+    assert ItemVectorTable.load(out["vectors_path"]).meta["cold_start_mapper"]["mapper"] == want.mapper
+    run = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("h6").experiment_id])[0]
+    assert run.data.params["mapper.chosen"] == want.mapper and run.data.tags["recsys.step"] == "blend"
+    assert run.data.metrics["valid.ridge.recall_at_20"] == pytest.approx(want.scores["ridge"]["recall@20"])
+    # an explicit mapper is recorded as configured, with no selection
+    fixed = steps.blend_step(ctx, ds, str(tmp_path / "refit.npz"), str(tmp_path / "content.npz"),
+                             {**cfg, "mapper": "knn", "knn_k": 7})
+    assert fixed["mapper"] == {"mapper": "knn", "params": {"k": 7}, "selected_on": None, "reason": "configured"}

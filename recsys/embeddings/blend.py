@@ -42,7 +42,8 @@ PROVENANCE = (
 )
 
 
-def _check_pair(content: np.ndarray, cf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def check_pair(content: np.ndarray, cf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both as float32 2-D arrays with one row per item, finite; else :class:`InputError`."""
     content = np.asarray(content, dtype=np.float32)
     cf = np.asarray(cf, dtype=np.float32)
     if content.ndim != 2 or cf.ndim != 2:
@@ -71,7 +72,7 @@ class RidgeMap:
 
     def fit(self, x: np.ndarray, y: np.ndarray) -> RidgeMap:
         """Fit on warm items: ``x`` content (n, d_c), ``y`` CF vectors (n, d_cf)."""
-        x, y = _check_pair(x, y)
+        x, y = check_pair(x, y)
         if len(x) < 2:
             raise InputError("the content->CF map needs at least 2 warm items with content")
         if not self.alphas or min(self.alphas) <= 0:
@@ -104,6 +105,8 @@ class RidgeMap:
             raise InputError(f"content must be (n, {self.coef_.shape[0]}), got {x.shape}")
         return (x @ self.coef_ + self.intercept_).astype(np.float32)
 
+    transform = predict  # the mapper interface of recsys.embeddings.mappers
+
 
 class MLPMap:
     """A small MLP content -> CF vector (one hidden layer), the optional non-linear map.
@@ -127,7 +130,7 @@ class MLPMap:
     def fit(self, x: np.ndarray, y: np.ndarray) -> MLPMap:
         import torch  # optional and heavy: the ridge map and importing this module need no torch
 
-        x, y = _check_pair(x, y)
+        x, y = check_pair(x, y)
         if len(x) < 10:
             raise InputError("the MLP content->CF map needs at least 10 warm items; use RidgeMap")
         dev = resolve_device(self.device)
@@ -174,6 +177,8 @@ class MLPMap:
             raise NotFittedError("MLPMap is not fitted; call fit() first")
         with torch.no_grad():
             return self.net_(torch.from_numpy(np.asarray(x, np.float32))).numpy().astype(np.float32)
+
+    transform = predict
 
 
 @dataclass
@@ -248,12 +253,15 @@ class ContentBlender:
     ----------
     k : float
         Blend constant of ``w = n / (n + k)``; tune it with :meth:`tune_k`.
-    mapper : {"ridge", "mlp"} or an object with ``fit(x, y)`` / ``predict(x)``
+    mapper : {"ridge", "knn", "blend", "mlp"} or an object with ``fit(x, y)`` / ``predict(x)``
+        Names are built by :func:`recsys.embeddings.mappers.make_mapper`; ``"auto"`` is
+        not a mapper: choose one with :func:`~recsys.embeddings.mappers.select_mapper`
+        and pass ``selection.make()``.
     min_count : int
         Warm items with at least this many interactions train the map (CF vectors of
         items seen once or twice are mostly regularisation noise).
     mapper_params : dict, optional
-        Passed to :class:`RidgeMap` / :class:`MLPMap`.
+        Passed to the named mapper (e.g. ``{"k": 20}`` for ``"knn"``).
     cold_scale : float
         Multiplier of the mapped vector of items without interactions. Ridge predictions
         are shrunk towards the mean item, so their length (which is what lets an item
@@ -271,13 +279,13 @@ class ContentBlender:
         self.cold_scale = cold_scale
 
     def _make_mapper(self) -> Any:
-        if self.mapper == "ridge":
-            return RidgeMap(**(self.mapper_params or {}))
-        if self.mapper == "mlp":
-            return MLPMap(**(self.mapper_params or {}))
+        if isinstance(self.mapper, str):
+            from recsys.embeddings.mappers import make_mapper  # mappers builds on this module's RidgeMap
+
+            return make_mapper(self.mapper, **(self.mapper_params or {}))
         if hasattr(self.mapper, "fit") and hasattr(self.mapper, "predict"):
             return self.mapper
-        raise InputError(f"mapper must be 'ridge', 'mlp' or an object with fit/predict, got {self.mapper!r}")
+        raise InputError(f"mapper must be a mapper name or an object with fit/predict, got {self.mapper!r}")
 
     def fit(self, content: np.ndarray, cf: np.ndarray, counts: np.ndarray) -> ContentBlender:
         """Learn the map from the items with content and ``counts >= min_count``.
@@ -291,7 +299,7 @@ class ContentBlender:
         counts : int (n_items,)
             Training interactions per item.
         """
-        content, cf = _check_pair(content, cf)
+        content, cf = check_pair(content, cf)
         counts = np.asarray(counts)
         if counts.shape != (len(content),):
             raise InputError(f"counts must have one entry per item ({len(content)}), got shape {counts.shape}")
@@ -315,7 +323,7 @@ class ContentBlender:
     def transform(self, content: np.ndarray, cf: np.ndarray, counts: np.ndarray, k: float | None = None,
                   mapped: np.ndarray | None = None, cold_scale: float | None = None) -> ItemVectorTable:
         """The blended table for every item (``k`` overrides ``self.k``; ``mapped`` reuses a map)."""
-        content, cf = _check_pair(content, cf)
+        content, cf = check_pair(content, cf)
         k = self.k if k is None else k
         cold_scale = self.cold_scale if cold_scale is None else float(cold_scale)
         if not cold_scale > 0:
