@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from recsys.errors import InputError
 from recsys.models.base import Recommender
+from recsys.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,31 @@ class MostPopular(Recommender):
         return np.repeat(self.popularity_[None, :], len(user_indices), axis=0)
 
 
+#: largest number of similarity entries one block of ItemKNN's similarity may hold (~200 MB)
+_BLOCK_ENTRIES = 16_000_000
+
+
+def _top_per_row(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, k: int, start: int, stop: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the ``k`` largest ``vals`` of each row of a row-sorted COO block (rows ``start..stop-1``).
+
+    Only rows with more than ``k`` entries are partitioned, one ``argpartition`` each, so the
+    work is linear in the block's entries and nothing dense is built.
+    """
+    lengths = np.bincount(rows - start, minlength=stop - start)
+    long_rows = np.flatnonzero(lengths > k)
+    if long_rows.size == 0:
+        return rows, cols, vals
+    ptr = np.concatenate([[0], np.cumsum(lengths)])
+    keep = np.ones(len(vals), bool)
+    for r in long_rows:
+        lo, hi = ptr[r], ptr[r + 1]
+        seg = keep[lo:hi]
+        seg[:] = False
+        seg[np.argpartition(-vals[lo:hi], k - 1)[:k]] = True
+    return rows[keep], cols[keep], vals[keep]
+
+
 class ItemKNN(Recommender):
     """Item-based k-nearest-neighbour recommender with cosine similarity.
 
@@ -73,14 +98,18 @@ class ItemKNN(Recommender):
         Use 0/1 interactions instead of the weights, both for the similarity and for the
         user rows. With ratings as weights, ``True`` treats a 1-star view like a 5-star one.
     block_size : int
-        Items processed at once when computing the similarity; memory is about
-        ``n_items * block_size`` floats. Not a model hyperparameter (results do not depend
-        on it).
+        At most this many items processed at once when computing the similarity (blocks
+        are also capped at ~16M similarity entries). Not a model hyperparameter (results do
+        not depend on it).
 
     Notes
     -----
-    The similarity is computed exactly, block by block, with sparse products, so the
-    cost grows with ``n_items ** 2``: fine up to ~10^5 items, not meant for millions.
+    The similarity is computed exactly, block by block, with sparse products that never
+    build a dense items x items block: only co-occurring item pairs are scored, and each
+    row keeps its top ``n_neighbors`` by ``argpartition`` over its non-zeros. The cost is
+    the number of co-occurring pairs (at most ``n_items ** 2``); memory is one block plus
+    the kept ``n_items * n_neighbors`` entries. Scoring a batch of users is one sparse
+    product ``user_rows @ similarity_``.
     """
 
     _state_arrays = ("sim_indptr_", "sim_indices_", "sim_data_")
@@ -102,39 +131,36 @@ class ItemKNN(Recommender):
     def _rows(self, m: sp.csr_matrix) -> sp.csr_matrix:
         if not self.binary:
             return m
-        b = m.copy()
-        b.data = (b.data != 0).astype(np.float32)
-        return b
+        # 0/1 values on the same index arrays: no copy of the interactions' structure
+        return sp.csr_matrix(((m.data != 0).astype(np.float32), m.indices, m.indptr), shape=m.shape)
 
     def _fit(self, user_items: sp.csr_matrix, **kwargs: Any) -> None:
         self._check_params()
-        x = self._rows(user_items).tocsc().astype(np.float32)
-        xt = x.T.tocsr()
+        x = self._rows(user_items).astype(np.float32, copy=False)  # users x items, CSR: no copy
+        xt = x.T.tocsr()  # items x users: the one transposed copy the products need
         n_items = x.shape[1]
         norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=0)).ravel()).astype(np.float32)
         kk = min(int(self.n_neighbors), max(n_items - 1, 1))
-        indptr = np.zeros(n_items + 1, np.int64)
+        counts = np.zeros(n_items + 1, np.int64)
         idx_parts, val_parts = [], []
-        starts = range(0, n_items, int(self.block_size))
-        for start in tqdm(starts, desc="ItemKNN similarity", disable=len(starts) < 20, leave=False):
-            stop = min(start + int(self.block_size), n_items)
-            # row j of block: similarity of item (start + j) with every item (the matrix
-            # is symmetric, so rows of the block are its neighbour lists)
-            block = (xt[start:stop] @ x).toarray()
-            block /= np.outer(norms[start:stop], norms) + (self.shrinkage + 1e-12)
-            block[np.arange(stop - start), np.arange(start, stop)] = 0.0  # no self-similarity
-            if kk < n_items:
-                nb = np.argpartition(-block, kk - 1, axis=1)[:, :kk]
-            else:
-                nb = np.broadcast_to(np.arange(n_items), block.shape)
-            vals = np.take_along_axis(block, nb, axis=1)
-            keep = vals > 0
-            indptr[start + 1 : stop + 1] = keep.sum(axis=1)
-            idx_parts.append(nb[keep])
-            val_parts.append(vals[keep])
-        indptr = np.cumsum(indptr)
+        blocks = self._blocks(x, xt)
+        with Progress("ItemKNN similarity", n_items, "items", logger=log) as bar:
+            for start, stop in blocks:
+                # rows: similarity of items start..stop-1 with every item they co-occur with
+                # (symmetric, so a row is that item's neighbour list); sparse throughout
+                blk = (xt[start:stop] @ x).tocsr()
+                rows = np.repeat(np.arange(start, stop), np.diff(blk.indptr))
+                vals = blk.data / (norms[rows] * norms[blk.indices] + (self.shrinkage + 1e-12))
+                keep = (vals > 0) & (blk.indices != rows)  # no self-similarity, no zero entries
+                rows, cols, vals = rows[keep], blk.indices[keep], vals[keep]
+                del blk, keep
+                rows, cols, vals = _top_per_row(rows, cols, vals, kk, start, stop)
+                counts[start + 1 : stop + 1] = np.bincount(rows - start, minlength=stop - start)
+                idx_parts.append(cols)
+                val_parts.append(vals)
+                bar.update(stop - start)
         neigh = sp.csr_matrix(
-            (np.concatenate(val_parts).astype(np.float32), np.concatenate(idx_parts).astype(np.int32), indptr),
+            (np.concatenate(val_parts).astype(np.float32), np.concatenate(idx_parts).astype(np.int32), np.cumsum(counts)),
             shape=(n_items, n_items),
         )
         # row j of `neigh` lists j's neighbours i; scoring needs sim[i, j] so transpose
@@ -143,6 +169,27 @@ class ItemKNN(Recommender):
         self.sim_indptr_, self.sim_indices_, self.sim_data_ = sim.indptr, sim.indices, sim.data
         self.similarity_ = sim
         log.info("ItemKNN: %d items, %d similarity entries (%.1f per item)", n_items, sim.nnz, sim.nnz / max(n_items, 1))
+
+    def _blocks(self, x: sp.csr_matrix, xt: sp.csr_matrix) -> list[tuple[int, int]]:
+        """Item ranges whose co-occurrence rows hold at most ``_BLOCK_ENTRIES`` entries (and ``block_size`` rows).
+
+        A row's entries are bounded by its co-occurrence count (the users' history lengths
+        summed) and by ``n_items``; grouping rows by that bound keeps memory flat whether the
+        catalogue is sparse (100k items, many rows per block) or dense (popular items).
+        """
+        n_items = x.shape[1]
+        per_user = np.diff(x.indptr).astype(np.float64)
+        pattern = sp.csr_matrix((np.ones(xt.nnz), xt.indices, xt.indptr), shape=xt.shape)  # shares the indices
+        bound = np.minimum(pattern @ per_user, n_items)
+        out, start, acc = [], 0, 0.0
+        for i, b in enumerate(bound):
+            if i > start and (acc + b > _BLOCK_ENTRIES or i - start >= int(self.block_size)):
+                out.append((start, i))
+                start, acc = i, 0.0
+            acc += b
+        if start < n_items:
+            out.append((start, n_items))
+        return out
 
     def _after_load(self) -> None:
         self.similarity_ = sp.csr_matrix(
