@@ -3,7 +3,7 @@
 The chain, each step skipped when its fingerprint (inputs + config + upstream
 fingerprints) is unchanged and its outputs still exist::
 
-    dataset -> baseline-<name>... -> train-<name>... -> content -> refit -> blend -> export -> promote
+    dataset -> baseline-<name>... -> train-<name>... -> content -> refit -> blend -> align -> export -> promote
 
 A refused promotion is recorded (so an unchanged rerun says "refused" again without
 registering another version) and turned into exit code 3.
@@ -125,10 +125,16 @@ class Runner:
                  "params": published["params"], "refit_on_all": refit, "train_run_id": published["run_id"],
                  "vector_sources": blend_res.outputs.get("sources"),
                  "cold_start_mapper": blend_res.outputs.get("mapper")}
-        export_res = self._step("export", {"blend": blend_res.fingerprint, "index": index_cfg},
+        # rotate onto the live bundle (issue 20); keyed on the blend only, so an unchanged rerun stays a no-op
+        align_cfg = self.cfg.section("align")
+        align_res = self._step("align", {"blend": blend_res.fingerprint, "config": align_cfg},
+                               lambda: steps.align_step(ctx, ds, refit_res.outputs["model_path"],
+                                                        blend_res.outputs["vectors_path"], align_cfg))
+        extra["align"] = align_res.outputs.get("record")
+        export_res = self._step("export", {"blend": blend_res.fingerprint, "align": align_res.fingerprint, "index": index_cfg},
                                 lambda: steps.export_step(ctx, ds, publish, refit_res.outputs["model_path"],
                                                           blend_res.outputs["vectors_path"], index_cfg,
-                                                          published["run_id"], extra))
+                                                          published["run_id"], extra, align=align_res.outputs))
         gate = self._gate_config()
         promo_cfg = self.cfg.section("promotion")
         promo = self._step("promote", {"export": export_res.fingerprint, "promotion": promo_cfg,

@@ -199,25 +199,57 @@ def _cold_start_mapper(ctx: RunContext, ds: Dataset, content: np.ndarray, cfg: d
     return sel.make(), sel.as_dict()
 
 
+# -- align -------------------------------------------------------------------------------------
+
+
+def align_step(ctx: RunContext, ds: Dataset, model_path: str, vectors_path: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """Rotate the new vectors onto the live bundle's space; measure drift, churn, new-item exposure.
+
+    :func:`recsys.lifelong.align_to_live` does the work; a BPR model's bias column is left
+    unrotated. With ``[align] enabled = false`` nothing is rotated but the metrics are still
+    measured.
+    """
+    from recsys.lifelong import align_to_live
+
+    model = Recommender.load(model_path)
+    table = ItemVectorTable.load(vectors_path)
+    return align_to_live(ctx.out, table.vectors, table.provenance, np.asarray(model.user_factors_, np.float32),
+                         ds.user_map, ds.item_map, all_interactions(ds), similarity=getattr(model, "similarity", "dot"),
+                         fixed_columns=1 if foldin_for(model).method == "bpr" else 0,
+                         out_path=ctx.out / "vectors" / "aligned.npz", seed=ctx.seed, **cfg)
+
+
 # -- export ------------------------------------------------------------------------------------
 
 
 def export_step(ctx: RunContext, ds: Dataset, name: str, model_path: str, vectors_path: str, index_cfg: dict[str, Any],
-                run_id: str | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """Build and measure a new bundle (not yet published: promotion decides)."""
+                run_id: str | None, extra: dict[str, Any], align: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build and measure a new bundle (not yet published: promotion decides).
+
+    ``align`` is the align step's output: its rotated vectors (and rotated fold-in Gram)
+    replace the model's when a rotation was applied; its metrics join the bundle's.
+    """
     model = Recommender.load(model_path)
     table = ItemVectorTable.load(vectors_path)
     seen = all_interactions(ds)
     source = np.where(table.provenance == "missing", "content", table.provenance)
+    items, users, foldin = table.vectors, np.asarray(model.user_factors_, np.float32), foldin_for(model)
+    if align and align.get("aligned_path"):
+        from recsys.embeddings.align import rotate_foldin
+        from recsys.lifelong import load_alignment
+
+        items, users, rotation = load_alignment(align["aligned_path"])
+        foldin = rotate_foldin(foldin, rotation)
     info = export_bundle(
-        ctx.out, item_vectors=table.vectors, item_ids=ds.item_map, user_vectors=np.asarray(model.user_factors_, np.float32),
+        ctx.out, item_vectors=items, item_ids=ds.item_map, user_vectors=users,
         user_ids=ds.user_map, seen=seen, similarity=getattr(model, "similarity", "dot"),
         item_popularity=np.asarray(seen.getnnz(axis=0), np.float32), item_source=source,
         config=IndexConfig.from_dict(index_cfg), run_id=run_id, extra_manifest=extra,
-        foldin=foldin_for(model))
+        foldin=foldin)
     log.info("bundle %s: recall@%d %.4f at search_k %d, %.1f MB", info.version, info.recall_k, info.recall,
              info.search_k, info.index_bytes / 1e6)
-    return {"bundle_path": str(info.path), "version": info.version, "metrics": info.metrics(), "recall": info.recall}
+    return {"bundle_path": str(info.path), "version": info.version, "recall": info.recall,
+            "metrics": {**info.metrics(), **((align or {}).get("metrics") or {})}}
 
 
 

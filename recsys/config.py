@@ -124,9 +124,16 @@ class EvaluationSection(_Section):
 
 
 class AlignSection(_Section):
-    """``[align]``: rotate a retrain's vectors into the previous bundle's space (Procrustes)."""
+    """``[align]``: rotate a retrain's vectors into the previous bundle's space (Procrustes).
+
+    Drift, churn and new-item exposure are measured at every publish either way
+    (:mod:`recsys.embeddings.align`); ``enabled = false`` only skips the rotation.
+    """
 
     enabled: bool = True
+    min_shared: int = Field(50, ge=2)      # fewer shared items: no rotation (logged)
+    churn_users: int = Field(1000, ge=1)   # seeded sample of users in both versions
+    churn_k: int = Field(10, ge=1)         # top-k compared for churn and exposure
 
 
 class BatchSection(_Section):

@@ -1,0 +1,241 @@
+"""Lifelong embeddings: incremental updates between retrains, aligned to the live bundle.
+
+Why: between two nightly retrains new users sign up and new items launch; a full retrain
+to serve them costs the whole training time, and every retrain starts from random
+factors. This module holds the two library pieces of issue 20:
+
+:func:`incremental_update`
+    Folds new and changed users in with the *exact* fold-in of the published family
+    (:class:`recsys.models.foldin.FoldIn`, the code the Retriever runs), and gives new
+    items with at least ``min_count`` users a least-squares vector against the user
+    vectors (ALS's item step, same weighting and ``λ``). Nothing else moves: the vectors
+    of unchanged users and of known items are kept bit for bit, so an update cannot make
+    an unchanged user's list worse except by adding new items to the catalogue ("without
+    forgetting" by construction; known items learn from new events at the next retrain).
+    Order: users on the known items, then new items against all user vectors, then the
+    changed users who touched a new item once more with the new items included.
+:func:`align_to_live`
+    The ``align`` step of ``recsys run``: rotates a retrain's vectors onto the bundle
+    ``ROOT/latest`` points to and measures drift, churn and new-item exposure
+    (:mod:`recsys.embeddings.align`).
+
+Everything is numpy on int indices plus :class:`~recsys.data.idmap.IdMap` for the
+external ids; reading events, locks and publishing live in ``pipelines/update.py``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.data.idmap import IdMap
+from recsys.embeddings.align import Alignment, VersionView, compare_versions
+from recsys.errors import InputError
+from recsys.io import save_npz
+from recsys.models.foldin import FoldIn, FoldInSpec
+
+log = logging.getLogger(__name__)
+
+#: new items need this many distinct users before they get a collaborative vector
+DEFAULT_MIN_COUNT = 5
+
+
+@dataclass
+class UpdateResult:
+    """The catalogue after an update: vectors and ids of every user and item, and what changed."""
+
+    user_vectors: np.ndarray
+    user_ids: IdMap
+    item_vectors: np.ndarray
+    item_ids: IdMap
+    seen: sp.csr_matrix  # (n_users, n_items) raw weights of the merged history
+    item_source: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def history_matrix(users: Any, items: Any, weights: Any, user_ids: IdMap, item_ids: IdMap) -> sp.csr_matrix:
+    """CSR of (external user, external item, weight) rows over the two maps; unknown ids are dropped.
+
+    Duplicate pairs are summed (aggregate the history first for ``max``/``last``).
+    """
+    u = user_ids.to_index(list(users), missing="ignore")
+    i = item_ids.to_index(list(items), missing="ignore")
+    w = np.asarray(weights, np.float32).ravel()
+    if not (len(u) == len(i) == len(w)):
+        raise InputError(f"history columns differ in length: {len(u)} users, {len(i)} items, {len(w)} weights")
+    ok = (u >= 0) & (i >= 0)
+    m = sp.csr_matrix((w[ok], (u[ok], i[ok])), shape=(len(user_ids), len(item_ids)), dtype=np.float32)
+    m.sum_duplicates()
+    m.eliminate_zeros()
+    return m
+
+
+def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: np.ndarray, item_ids: IdMap,
+                       spec: FoldInSpec, history: tuple[Any, Any, Any], changed_users: Any, *,
+                       min_count: int = DEFAULT_MIN_COUNT, item_source: np.ndarray | None = None,
+                       show_progress: bool = False) -> UpdateResult:
+    """Fold new/changed users and new items into a published catalogue.
+
+    Parameters
+    ----------
+    user_vectors, user_ids, item_vectors, item_ids
+        The published version (``user_vectors`` may have zero rows).
+    spec : FoldInSpec
+        The bundle's fold-in (``foldin.json``). Item fold-in needs ``"als"`` with an
+        element-wise weighting; other specs add no new collaborative items (logged).
+    history : (users, items, weights)
+        The whole merged history up to now as external ids and raw weights (one row per
+        pair, already aggregated as the dataset aggregates). Its items not yet in
+        ``item_ids`` are the new-item candidates.
+    changed_users : sequence of external ids
+        Users with new events: they are (re-)folded in; every other user keeps its vector.
+    min_count : int
+        Distinct users a new item needs; rarer new items stay out until a later update
+        (their events are in ``history``, so counts accumulate).
+
+    Returns
+    -------
+    UpdateResult
+    """
+    t0 = time.perf_counter()
+    uv = np.asarray(user_vectors, np.float32)
+    iv = np.asarray(item_vectors, np.float32)
+    if iv.ndim != 2 or uv.ndim != 2 or (len(uv) and uv.shape[1] != iv.shape[1]):
+        raise InputError(f"user vectors {uv.shape} and item vectors {iv.shape} must be 2-D with one dimension")
+    if min_count < 1:
+        raise InputError(f"min_count must be >= 1, got {min_count}")
+    h_users, h_items, h_w = (np.asarray(list(c), dtype=object) if k < 2 else np.asarray(c, np.float32)
+                             for k, c in enumerate(history))
+    changed = list(dict.fromkeys(str(u) for u in changed_users))
+    # 1) extend the maps: every changed user, and new items with enough distinct users
+    users = IdMap(user_ids.ids, "user")
+    users.extend(changed)
+    new_cand = item_ids.to_index(list(h_items), missing="ignore") < 0
+    cand_ids, cand_counts = np.unique(np.asarray(h_items[new_cand], str), return_counts=True) if new_cand.any() \
+        else (np.empty(0, str), np.empty(0, int))
+    # distinct users per item: history rows are unique pairs, so row counts are user counts
+    qualifying = [str(i) for i, c in zip(cand_ids, cand_counts) if c >= min_count]
+    can_item = spec.method == "als" and spec.weighting in ("linear", "log", "binary")
+    if qualifying and not can_item:
+        log.warning("%d new items have >= %d users but a %r fold-in spec (weighting %s) has no item solve; "
+                    "they wait for the next retrain", len(qualifying), min_count, spec.method, spec.weighting)
+        qualifying = []
+    n_old_items = len(item_ids)
+    items = IdMap(item_ids.ids, "item")
+    items.extend(qualifying)
+    hist = history_matrix(h_users, h_items, h_w, users, items)
+    # 2) users on the known items (the spec's trained Gram: the Retriever's fold-in gives the same vector)
+    out_u = np.zeros((len(users), iv.shape[1]), np.float32)
+    out_u[: len(uv)] = uv
+    cidx = users.to_index(changed).astype(np.int64)
+    known = FoldIn(spec, iv)
+    old_part = hist[:, :n_old_items].tocsr()
+    pending = []
+    for u in _progress(cidx, show_progress, "fold-in users"):
+        row = old_part[u]
+        if row.nnz:
+            out_u[u] = known.user(row.indices, row.data)
+        else:
+            pending.append(u)  # only new items in the history: after the item solve
+    # 3) new items against every user vector
+    out_i = np.vstack([iv, np.zeros((len(qualifying), iv.shape[1]), np.float32)])
+    if qualifying:
+        cols = hist[:, n_old_items:].tocsc()
+        gram = out_u.astype(np.float64).T @ out_u.astype(np.float64)
+        for j in _progress(range(len(qualifying)), show_progress, "fold-in items"):
+            col = cols[:, j]
+            out_i[n_old_items + j] = known.item(out_u, col.indices, col.data, user_gram=gram)
+        # 4) users who touched a new item, once more with the new items known
+        full = FoldIn(spec, out_i)
+        touched = set(cols.indices.tolist())
+        for u in cidx:
+            if u in touched or u in pending:
+                row = hist[u]
+                if row.nnz:
+                    out_u[u] = full.user(row.indices, row.data)
+    unresolved = [int(u) for u in pending if not hist[u].nnz]
+    if unresolved:
+        log.info("%d changed users have only items outside the catalogue (below min_count): zero vectors, "
+                 "popular items until their items qualify", len(unresolved))
+    source = np.asarray(list(item_source) if item_source is not None else ["cf"] * n_old_items, dtype=object)
+    source = np.concatenate([source, np.asarray(["cf"] * len(qualifying), dtype=object)])
+    stats = {"users_changed": len(cidx), "users_new": len(users) - len(user_ids), "items_new": len(qualifying),
+             "items_waiting": int(len(cand_ids) - len(qualifying)), "users_without_vector": len(unresolved),
+             "seconds": round(time.perf_counter() - t0, 3)}
+    log.info("update: %s", stats)
+    return UpdateResult(out_u, users, out_i, items, hist, source, stats)
+
+
+def _progress(it: Any, show: bool, desc: str) -> Any:
+    if not show:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc=desc)
+
+
+# -- the align step of `recsys run` -----------------------------------------------------------
+
+
+def align_to_live(root: str | os.PathLike, item_vectors: np.ndarray, provenance: np.ndarray, user_vectors: np.ndarray,
+                  user_ids: IdMap, item_ids: IdMap, seen: sp.spmatrix | None, *, similarity: str = "dot",
+                  fixed_columns: int = 0, out_path: str | os.PathLike, seed: int = 0, enabled: bool = True,
+                  min_shared: int = 50, churn_users: int = 1000, churn_k: int = 10) -> dict[str, Any]:
+    """Rotate new vectors onto the live bundle of ``root`` and measure drift and churn.
+
+    Returns a JSON-able dict: ``aligned_path`` (an npz with ``items``, ``users``,
+    ``rotation``, ``fixed_columns``; only when a rotation was applied), ``record`` (for the
+    manifest) and ``metrics`` (for MLflow). Before the first publish there is nothing to
+    align to: no rotation, no metrics.
+    """
+    from recsys.serving.reader import read_bundle
+    from recsys.serving.versions import current
+
+    cur = current(root)
+    if cur is None:
+        log.info("align: no published bundle under %s yet; nothing to align to", root)
+        return {"record": {"applied": False, "skipped": "no published bundle", "previous_version": None}, "metrics": {}}
+    prev = read_bundle(Path(root) / "bundles" / cur)
+    prev_view = view_of(prev.user_vectors, prev.user_map, prev.item_vectors, prev.item_map, prev.seen, prev.manifest["similarity"])
+    new_view = view_of(user_vectors, user_ids, item_vectors, item_ids, seen, similarity)
+    prev_cf = np.asarray(prev.item_source == "cf")
+    mask = np.asarray(provenance) == "cf"
+    prev_rows = prev.item_map.to_index(item_ids.ids, missing="ignore")
+    mask &= (prev_rows >= 0) & prev_cf[np.maximum(prev_rows, 0)]
+    al, metrics = compare_versions(prev_view, new_view, align=enabled, fixed_columns=fixed_columns, fit_mask=mask,
+                                   min_shared=min_shared, churn_users=churn_users, churn_k=churn_k, seed=seed)
+    out: dict[str, Any] = {"record": {**al.as_dict(), "previous_version": cur,
+                                      **{k: round(v, 6) for k, v in metrics.items() if k.startswith(("churn", "new_"))}},
+                           "metrics": metrics}
+    if al.applied:
+        save_npz(out_path, items=al.apply(item_vectors), users=al.apply(user_vectors), rotation=al.rotation,
+                 fixed_columns=np.asarray(al.fixed_columns))
+        out["aligned_path"] = str(out_path)
+    return out
+
+
+def load_alignment(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, Alignment]:
+    """What :func:`align_to_live` saved: rotated items, rotated users, the alignment."""
+    from recsys.io import load_npz
+
+    z = load_npz(path)
+    return z["items"], z["users"], Alignment(z["rotation"], int(z["fixed_columns"]))
+
+
+def view_of(user_vectors: np.ndarray | None, user_ids: IdMap | None, item_vectors: np.ndarray, item_ids: IdMap,
+            seen: sp.spmatrix | None, similarity: str) -> VersionView:
+    """A :class:`VersionView`; a version without users gets an empty user table."""
+    if user_vectors is None or user_ids is None:
+        user_vectors, user_ids = np.zeros((0, item_vectors.shape[1]), np.float32), IdMap([], "user")
+    return VersionView(user_vectors, user_ids, item_vectors, item_ids, None if seen is None else sp.csr_matrix(seen), similarity)
+
+
+__all__ = ["UpdateResult", "align_to_live", "history_matrix", "incremental_update", "load_alignment", "view_of",
+           "DEFAULT_MIN_COUNT"]
