@@ -90,15 +90,24 @@ class ALS(MFModel):
             if self.weighting == "bm25"
             else np.ones(user_items.shape[1], np.float32)
         )
-        # linear: hand the matrix to implicit untouched (alpha is applied there, no copy)
-        return weighting.transform(
+        # linear: hand the matrix to implicit untouched (alpha is applied there, in its one copy)
+        out = weighting.transform(
             user_items, self.weighting, eps=self.eps, K1=self.bm25_k1, B=self.bm25_b, length_norm=self.length_norm_
         )
+        self._alpha_applied = out is not user_items and not np.shares_memory(out.data, user_items.data)
+        if self._alpha_applied and self.alpha != 1.0:
+            # the weighted matrix is already our own copy: scale it in place (the same float32
+            # product implicit computes) instead of letting implicit make a second copy
+            out.data *= np.float32(self.alpha)
+        return out
 
     def _make_implicit(self, use_gpu: bool) -> Any:
         from implicit.als import AlternatingLeastSquares
 
-        return AlternatingLeastSquares(**self._implicit_kwargs(use_gpu, "alpha", "use_cg"))
+        kw = self._implicit_kwargs(use_gpu, "alpha", "use_cg")
+        if getattr(self, "_alpha_applied", False):
+            kw["alpha"] = 1.0
+        return AlternatingLeastSquares(**kw)
 
     def foldin_spec(self) -> FoldInSpec:
         """This model's fold-in: the exact normal equations with its weighting, ``alpha`` and ``λ``.

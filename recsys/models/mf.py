@@ -16,7 +16,10 @@ that are not numpy. These classes add, at negligible cost (see
 * evaluation every ``eval_every`` iterations on a validation callable, keeping the best
   iteration's factors and optionally stopping early;
 * fold-in of a new or changed user's history (:meth:`ALS.recalculate_user`,
-  :meth:`BPR.recalculate_user`).
+  :meth:`BPR.recalculate_user`);
+* every iteration timed (``iteration_seconds_``, ``fit_seconds_``) and reported with rate
+  and ETA (:class:`recsys.progress.Progress`: a tqdm bar with ``show_progress`` on a
+  terminal, else a log line every 30 s), so a long fit is never silent.
 
 Both fit with OpenBLAS/MKL limited to one thread while ``implicit`` runs its own
 OpenMP threads; ``implicit`` recommends this because the two thread pools otherwise
@@ -35,6 +38,7 @@ import scipy.sparse as sp
 from recsys.errors import ConfigError, InputError
 from recsys.models.base import FactorModel
 from recsys.models.foldin import FoldIn, FoldInSpec
+from recsys.progress import Progress, format_seconds
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +159,10 @@ class MFModel(FactorModel):
         self.best_iteration_ = int(self.iterations)
         self.best_score_ = float("nan")
         data = self._prepare(user_items)
-        with _blas_one_thread():
+        self.iteration_seconds_: list[float] = []  # implicit's own time per iteration (validation excluded)
+        progress = Progress(f"{type(self).__name__} fit", int(self.iterations), "iterations", logger=log,
+                            show_progress=bool(self.show_progress))  # fmt: skip
+        with _blas_one_thread(), progress:
             impl = self._make_implicit(use_gpu)
             callback: Callable[..., None] | None = None
             best: dict[str, Any] = {}
@@ -186,10 +193,19 @@ class MFModel(FactorModel):
 
                 callback = evaluate_every
 
-            try:
-                impl.fit(data, show_progress=self.show_progress, callback=callback)
+            def on_iteration(iteration: int, elapsed: float = float("nan"), *rest: Any) -> None:
+                self.iteration_seconds_.append(float(elapsed))
+                progress.update()
+                if callback is not None:
+                    callback(iteration, elapsed, *rest)
+
+            try:  # our Progress shows the bar (or rate/ETA log lines), not implicit's tqdm
+                impl.fit(data, show_progress=False, callback=on_iteration)
             except _StopFit:
                 log.info("early stop at iteration %d (best %d)", self.history_[-1]["iteration"], best["it"])
+        self.fit_seconds_ = progress.elapsed
+        log.info("%s: %d iterations in %s (%.3g s/iteration in implicit)", type(self).__name__, len(self.iteration_seconds_),
+                 format_seconds(self.fit_seconds_), float(np.mean(self.iteration_seconds_ or [float("nan")])))  # fmt: skip
         if best:
             self.user_factors_, self.item_factors_ = best["u"], best["v"]
             self.best_iteration_, self.best_score_ = best["it"], best["score"]
