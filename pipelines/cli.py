@@ -42,6 +42,7 @@ COMMANDS = {
     "run": "pipelines.run",
     "rollback": "pipelines.rollback",
     "config": "pipelines.config_cmd",
+    "recommend-batch": "pipelines.recommend_batch",
 }
 
 log = logging.getLogger("recsys.cli")

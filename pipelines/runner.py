@@ -3,10 +3,11 @@
 The chain, each step skipped when its fingerprint (inputs + config + upstream
 fingerprints) is unchanged and its outputs still exist::
 
-    dataset -> baseline-<name>... -> train-<name>... -> content -> refit -> blend -> align -> export -> promote
+    dataset -> baseline-<name>... -> train-<name>... -> content -> refit -> blend -> align -> export -> promote -> batch
 
 A refused promotion is recorded (so an unchanged rerun says "refused" again without
-registering another version) and turned into exit code 3.
+registering another version) and turned into exit code 3. ``batch`` (top-K of every
+user, ``[batch]``) runs only after a promotion: the lists delivered are the champion's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines import steps
+from pipelines import recommend_batch, steps
 from recsys.data.dataset import Dataset
 from recsys.config import RunConfig
 from recsys.errors import QualityGateError
@@ -88,6 +89,8 @@ class Runner:
     def _run(self) -> int:
         baselines, train, publish = self._models_cfg()
         ctx = self.ctx
+        if self.cfg.batch.enabled:  # a missing [batch] id list exits 2 now, not after training
+            recommend_batch.check_lists(self.cfg.section("batch"))
         if ctx.effective_toml:
             write_text(self.out / "state" / "effective_config.toml", ctx.effective_toml)
         ds_res = self._step("dataset", {"files": fingerprint_files(self.input_files), "config": self.build_config_dict},
@@ -140,6 +143,11 @@ class Runner:
         promo = self._step("promote", {"export": export_res.fingerprint, "promotion": promo_cfg,
                                        "metrics": published["metrics_test"]},
                            lambda: steps.promote_step(ctx, ds, export_res.outputs, published["metrics_test"], promo_cfg, gate))
+        if promo.outputs["promoted"] and self.cfg.batch.enabled:
+            batch_cfg = self.cfg.section("batch")
+            batch = self._step("batch", {"promote": promo.fingerprint, **recommend_batch.step_inputs(batch_cfg)},
+                               lambda: recommend_batch.batch_step(ctx, export_res.outputs, promo.outputs, batch_cfg))
+            self.record["batch"] = batch.outputs
         self.record.update(bundle_version=export_res.outputs["version"], promotion=promo.outputs, metrics=self.metrics)
         self._write_record()
         self._print_summary(publish, export_res.outputs, promo.outputs)
@@ -167,4 +175,7 @@ class Runner:
                       f"(index recall {bundle['recall']:.4f}); registered {promo['registered_model']} "
                       f"v{promo['model_version']}: {'PROMOTED to champion' if promo['promoted'] else 'REFUSED'}"]
         lines += [f"  {r}" for r in promo["reasons"]]
+        if self.record.get("batch"):
+            b = self.record["batch"]
+            lines.append(f"Batch top-K: {b['rows']} rows for {b['n_users']} users -> {b['batch_path']}")
         print("\n".join(lines), flush=True)
