@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-refit", action="store_true", help="publish the model trained on the train split only")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
     parser.add_argument("--force", action="store_true", help="re-run every step even when up to date")
+    parser.add_argument("--retune", action="store_true",
+                        help="search hyperparameters again even when OUT/state/tuning_cache.json holds this data lineage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (they are off anyway without a TTY)")
     bd.add_input_arguments(parser)
 
@@ -88,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         runner = Runner(out, run_cfg, build_config, tracking_uri, effective_toml=to_toml(run_cfg), force=args.force,
                         show_progress=show_progress, input_files=_input_files(build_config),
-                        build_config_dict=_config_dict(build_config))
+                        build_config_dict=_config_dict(build_config), retune=args.retune)
         code = runner.run()
         log.info("run finished in %.1f s with exit code %d", time.perf_counter() - t0, code)
         return code

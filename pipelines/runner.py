@@ -34,13 +34,14 @@ class Runner:
 
     def __init__(self, out: Path, cfg: RunConfig, build_config: Any, tracking_uri: str, effective_toml: str = "",
                  force: bool = False, show_progress: bool = True, input_files: list[str] | None = None,
-                 build_config_dict: Any = None) -> None:
+                 build_config_dict: Any = None, retune: bool = False) -> None:
         self.out = out
         self.cfg = cfg
         self.build_config = build_config
         self.wf = Workflow(out / "state", force=force)
         self.ctx = steps.RunContext(out=out, tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
-                                    seed=int(cfg.seed), show_progress=show_progress, effective_toml=effective_toml)
+                                    seed=int(cfg.seed), show_progress=show_progress, effective_toml=effective_toml,
+                                    retune=retune)
         self.input_files = input_files or []
         self.build_config_dict = build_config_dict
         self.metrics: dict[str, dict[str, float]] = {}
@@ -101,8 +102,10 @@ class Runner:
         trained: dict[str, StepResult] = {}
         for name in baselines + train:
             params, tune = self._params(name), self._tune(name)
-            res = self._step(f"train-{name}", {"dataset": ds_fp, "params": params, "tune": tune, "seed": ctx.seed},
-                             lambda n=name, p=params, t=tune: steps.train_step(ctx, ds, n, p, t))
+            inputs = {"dataset": ds_fp, "params": params, "tune": tune, "seed": ctx.seed}
+            if ctx.retune and tune:  # --retune: this run's search, never an up-to-date skip
+                inputs["retune"] = self.record["started_at"]
+            res = self._step(f"train-{name}", inputs, lambda n=name, p=params, t=tune: steps.train_step(ctx, ds, n, p, t))
             trained[name] = res
             self.metrics[name] = steps.load_result(res.outputs)["metrics_test"]
         published = steps.load_result(trained[publish].outputs)

@@ -31,6 +31,11 @@ from recsys.io import load_npz, read_json, save_npz, sha256_file, write_json
 from recsys.models.base import Recommender
 from recsys.serving.bundle import IndexConfig, export_bundle, foldin_for
 from recsys.training import all_interactions, refit_on_all
+from recsys.models.registry import get_family
+from recsys.tuning_cache import TuningCache, plan_tuning
+
+#: the tuning cache of a run, under OUT/state (docs/autotune.md)
+TUNING_CACHE = "tuning_cache.json"
 
 log = logging.getLogger("recsys.run")
 
@@ -45,6 +50,7 @@ class RunContext:
     seed: int
     show_progress: bool = True
     effective_toml: str = ""  # the validated config of the run, logged with the publish run
+    retune: bool = False  # search again even when the tuning cache holds this data lineage
 
     @property
     def dataset_dir(self) -> Path:
@@ -74,16 +80,33 @@ def build_dataset_step(ctx: RunContext, build_config: Any) -> dict[str, Any]:
 
 
 def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], tune: dict[str, Any] | None) -> dict[str, Any]:
-    """Train one configured model on the train split, evaluate it once on test, track it."""
+    """Train one configured model on the train split, evaluate it once on test, track it.
+
+    With a ``tune`` table the best parameters of an earlier search on the same data lineage
+    (``OUT/state/tuning_cache.json``, :mod:`recsys.tuning_cache`) are reused; otherwise, or
+    with ``--retune``, the search runs and its best parameters are cached.
+    """
     model_dir = ctx.out / "models" / name
-    res = train_model(ds, name, params, tracking_uri=ctx.tracking_uri, experiment=ctx.experiment, out_dir=model_dir,
-                      tune=bool(tune), space=tune or None, show_progress=ctx.show_progress)
+    cache = TuningCache(ctx.out / "state" / TUNING_CACHE)
+    plan = plan_tuning(ds, get_family(name), params, tune, cache, retune=ctx.retune, seed=ctx.seed)
+    res = train_model(ds, name, plan.params, tracking_uri=ctx.tracking_uri, experiment=ctx.experiment, out_dir=model_dir,
+                      tune=plan.space is not None, space=plan.space, tuning=plan.settings,
+                      show_progress=ctx.show_progress, tags={"tuning": plan.status})
+    tuning_info: dict[str, Any] = {"status": plan.status, "key": plan.key,
+                                   "seed": plan.settings.get("seed", (plan.hit or {}).get("seed"))}
+    if plan.status == "search":
+        best = max(res.trials, key=lambda t: t.score)
+        entry = cache.put(plan.key, _jsonable(res.params), plan.record, score=float(best.score),
+                          metric=plan.settings.get("metric", "ndcg@10"), n_trials=len(res.trials),
+                          n_pruned=sum(t.state == "pruned" for t in res.trials), seed=plan.settings["seed"],
+                          minutes=round(sum(t.fit_seconds for t in res.trials) / 60, 2), run_id=res.run_id)
+        tuning_info.update(n_trials=entry["n_trials"], minutes=entry["minutes"])
     model_path = model_dir / "model.npz"
     if not model_path.exists():
         res.model.save(model_path)
     write_json(model_dir / "result.json", {"model": name, "params": _jsonable(res.params), "run_id": res.run_id,
                                            "metrics_test": _jsonable(res.metrics_test),
-                                           "metrics_valid": _jsonable(res.metrics_valid)})
+                                           "metrics_valid": _jsonable(res.metrics_valid), "tuning": tuning_info})
     return {"result_path": str(model_dir / "result.json"), "model_path": str(model_path), "run_id": res.run_id}
 
 

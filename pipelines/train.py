@@ -77,7 +77,8 @@ def tuning_settings(config: dict[str, Any], model_name: str) -> tuple[dict[str, 
     """``(settings, space)`` from ``[tuning]`` (scalars) and ``[tuning.<model>]`` (the space)."""
     section = config.get("tuning", {})
     settings = {k: v for k, v in section.items() if not isinstance(v, dict)}
-    allowed = {"metric", "eval_every", "max_trials", "seed", "patience", "refit_on_valid"}
+    allowed = {"metric", "eval_every", "max_trials", "seed", "patience", "refit_on_valid", "budget_minutes", "method",
+               "pruning"}
     unknown = set(settings) - allowed
     if unknown:
         raise ConfigError(f"unknown [tuning] keys {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -103,6 +104,7 @@ def train_model(
     tuning: dict[str, Any] | None = None,
     dataset_name: str | None = None,
     show_progress: bool = True,
+    tags: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Select, refit, evaluate and log one model; the function ``recsys train`` and ``recsys run`` call.
 
@@ -126,7 +128,10 @@ def train_model(
         Search over ``space`` (each trial a nested run) instead of one config.
     space, tuning : dict, optional
         Search space and settings (``metric``, ``eval_every``, ``max_trials``, ``seed``,
-        ``patience``, ``refit_on_valid``) as in :func:`recsys.tuning.select_and_fit`.
+        ``patience``, ``refit_on_valid``, ``budget_minutes``, ``method``, ``pruning``) as in
+        :func:`recsys.tuning.select_and_fit`.
+    tags : dict, optional
+        Extra MLflow tags of the run (``recsys run`` tags ``tuning`` = search / hit / off).
 
     The protocol itself is :func:`recsys.training.train_and_evaluate`; this adds MLflow.
 
@@ -144,11 +149,13 @@ def train_model(
     if fam.protocol is not None:  # a family's own selection step must import before a run is opened
         import_target(fam.protocol)
     space = dict(space or {}) if tune else {}
+    if tune and not space and (tuning or {}).get("method") == "tpe":
+        space = dict(fam.search_space)  # TPE over the family's default space
     if tune and not space:
         raise ConfigError(f"tuning {model_name} needs a search space ([tuning.{model_name}] or [models.{model_name}.tune])")
     out = Path(out_dir) if out_dir is not None else None
     return log_training_run(dataset, name, model_name, params, uri, experiment, out, space, dict(tuning or {}),
-                            show_progress)
+                            show_progress, tags=tags)
 
 
 # -- CLI ---------------------------------------------------------------------------------------

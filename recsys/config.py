@@ -29,6 +29,7 @@ from recsys.data.config import WeightConfig
 from recsys.data.readers import InputSpec
 from recsys.data.splits import SplitConfig
 from recsys.errors import ConfigError
+from recsys import autotune
 from recsys.models import registry
 from recsys.serving.bundle import IndexConfig
 from recsys.tracking import validate_name
@@ -172,8 +173,10 @@ class ModelsSection(BaseModel):
     """``[models]``: which families to train and publish, and one table of parameters per family.
 
     A ``[models.<family>]`` table holds that family's parameters (validated against its
-    schema in :mod:`recsys.models.registry`) and an optional ``tune`` sub-table (a search
-    space: lists are choices).
+    schema in :mod:`recsys.models.registry`) and an optional ``tune`` sub-table: search
+    settings (``budget_minutes``, ``max_trials``, ``seed``, ``method``, ``enabled``,
+    ``pruning``) and a search space (lists are choices, ``{low, high, log}`` ranges; none =
+    the family's default space), validated by :func:`recsys.autotune.validate_tune_table`.
     """
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
@@ -205,8 +208,7 @@ class ModelsSection(BaseModel):
             if tune is not None:
                 if not isinstance(tune, dict):
                     raise ValueError(f"[models.{name}.tune] must be a table (a search space), got {tune!r}")
-                fam.validate_params({k: (v[0] if isinstance(v, list) and v else v) for k, v in tune.items()},
-                                    f"[models.{name}.tune]")
+                autotune.validate_tune_table(fam, tune, params, f"[models.{name}.tune]")
         return self
 
     def params(self, name: str) -> dict[str, Any]:

@@ -451,6 +451,9 @@ class TrackingCallbacks(Callbacks):
         if self._trial is None:
             return
         log_metrics({"best_valid_score": trial.score, "best_iteration": trial.best_iteration or 0})
+        import mlflow
+
+        mlflow.set_tag("trial_state", getattr(trial, "state", "complete"))  # pruned / stopped by the budget
         trial.run_id = self._run_id
         self._trial.close()
         self._trial = self._run_id = None
@@ -462,6 +465,17 @@ class TrackingCallbacks(Callbacks):
         for h in best.history:
             log_metrics({k: v for k, v in h.items() if k != "iteration"}, step=int(h["iteration"]), prefix="valid_")
         log_metrics({"best_valid_" + metric: best.score, "n_trials": len(trials)})
+        if any(getattr(t, "distributions", None) for t in trials):  # a TPE search: its plots and importance
+            self._log_study(trials)
+
+    def _log_study(self, trials: Sequence[Any]) -> None:
+        """``tuning/param_importance.json`` and the optimisation-history / importance plots."""
+        from recsys import autotune
+
+        log_metrics({"n_trials_pruned": sum(getattr(t, "state", "") == "pruned" for t in trials)})
+        log_json(autotune.param_importances(trials), "tuning/param_importance.json")
+        for name, fig in autotune.study_figures(trials).items():
+            log_figure(fig, f"tuning/{name}.png")
 
     def tested(self, metrics: Mapping[str, float]) -> None:
         log_metrics(metrics, prefix="test_")

@@ -32,7 +32,7 @@ import scipy.sparse as sp
 
 from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError, InputError
-from recsys import tuning as tuning_mod
+from recsys import autotune, tuning as tuning_mod
 from recsys.callbacks import Callbacks
 from recsys.evaluation import evaluate
 from recsys.models import registry
@@ -111,9 +111,10 @@ def train_and_evaluate(
     cb = callbacks or Callbacks()
     if not _nonempty(dataset, "test"):
         raise InputError("the dataset has an empty test split; nothing to evaluate the model on")
-    if space and not _nonempty(dataset, "valid"):
+    searching = bool(space) or (tuning or {}).get("budget_minutes") is not None
+    if searching and not _nonempty(dataset, "valid"):
         raise ConfigError("tuning needs a non-empty valid split; rebuild the dataset with valid_frac > 0")
-    for cfg in tuning_mod.expand_grid(space or {}):  # a typo in the space fails before any fit
+    for cfg in autotune.space_examples(space or {}, fam, f"[models.{family}.tune]"):  # a typo fails before any fit
         fam.validate_params({**params, **cfg}, f"[models.{family}.tune]")
     if fam.protocol is not None:
         hook = registry.import_target(fam.protocol)

@@ -13,7 +13,10 @@ them by looking at the test split overstates accuracy. This module fixes the pro
 
 The search is a grid (``{"factors": [64, 128], "regularization": [1, 10]}``); when the
 grid is larger than ``max_trials`` a seeded random subset of it is tried, which finds
-near-best settings far cheaper than the full product (Bergstra & Bengio 2012).
+near-best settings far cheaper than the full product (Bergstra & Bengio 2012). A space with
+ranges (``{"factors": {"low": 32, "high": 512, "log": true}}``) or a ``budget_minutes``
+is searched by Optuna TPE with median pruning on the iteration curve instead
+(:mod:`recsys.autotune`); both feed the same trials, refit and test evaluation.
 
 Tracking is not done here: :class:`recsys.callbacks.Callbacks` hooks are told of every
 trial, evaluation step and the selection, and :class:`recsys.tracking.TrackingCallbacks`
@@ -34,6 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
+from recsys import autotune
 from recsys.callbacks import Callbacks
 from recsys.errors import ConfigError, InputError
 from recsys.evaluation import DEFAULT_KS, evaluate
@@ -98,6 +102,9 @@ class Trial:
     history: list[dict[str, float]] = field(default_factory=list)
     fit_seconds: float = 0.0
     run_id: str | None = None
+    state: str = "complete"  # "pruned" / "stopped" (budget): ended early, scored at its best point so far
+    distributions: dict[str, Any] | None = field(default=None, repr=False)  # TPE trials: the searched space
+    intermediate: dict[int, float] | None = field(default=None, repr=False)  # TPE trials: reported curve
 
 
 @dataclass
@@ -126,6 +133,7 @@ def fit_on_validation(
     patience: int | None = None,
     ks: Sequence[int] = (10,),
     on_eval: Any = None,
+    users: np.ndarray | None = None,
 ) -> tuple[float, int | None, dict[str, float]]:
     """Fit ``model`` on ``train`` and score it on ``valid``.
 
@@ -141,7 +149,7 @@ def fit_on_validation(
 
         model.fit(
             train,
-            validation=validation_scorer(train, valid, ks=tuple(ks)),
+            validation=validation_scorer(train, valid, ks=tuple(ks), users=users),
             eval_every=eval_every,
             metric=metric,
             patience=patience,
@@ -151,7 +159,7 @@ def fit_on_validation(
         metrics = {k: v for k, v in best.items() if k != "iteration"}
         return float(model.best_score_), int(model.best_iteration_), metrics
     model.fit(train)
-    metrics = evaluate(model, train, valid, ks=ks)
+    metrics = evaluate(model, train, valid, ks=ks, users=users)
     if metric not in metrics:
         raise ConfigError(f"metric {metric!r} is not computed; choose one of {sorted(metrics)}")
     if on_eval is not None:
@@ -205,8 +213,13 @@ def select_and_fit(
     refit_on_valid: bool = True,
     callbacks: Callbacks | None = None,
     show_progress: bool = True,
+    budget_minutes: float | None = None,
+    method: str = "auto",
+    pruning: bool = True,
+    valid_users: np.ndarray | None = None,
+    test_users: np.ndarray | None = None,
 ) -> SelectionResult:
-    """Grid search on ``valid``, refit of the best config, one evaluation on ``test``.
+    """Search on ``valid`` (grid or TPE), refit of the best config, one evaluation on ``test``.
 
     Parameters
     ----------
@@ -235,6 +248,15 @@ def select_and_fit(
         :class:`recsys.tracking.TrackingCallbacks`); this module does no I/O.
     show_progress : bool
         tqdm bar over trials (off when not a TTY).
+    budget_minutes : float, optional
+        Wall-clock budget of a TPE search (:func:`recsys.autotune.run_study`).
+    method : {"auto", "grid", "tpe"}
+        ``auto``: TPE when ``space`` has a range or ``budget_minutes`` is set, else the grid.
+    pruning : bool
+        Median pruning of TPE trials on their validation curve.
+    valid_users, test_users : int array, optional
+        Users the validation (every trial and iteration) and the test metrics are computed
+        on, e.g. :func:`recsys.evaluation.sample_users`; default every user.
 
     Returns
     -------
@@ -242,9 +264,21 @@ def select_and_fit(
     """
     tr, va, te = _check_splits(train, valid, test)
     cb = callbacks or Callbacks()
-    configs = sample_grid(space, max_trials, seed)
     base = dict(base_params or {})
     sel_ks = _selection_ks(metric)
+    if autotune.resolve_method(method, space, budget_minutes) == "tpe":
+        fam = registry.get_family(model_name)
+        searched, fixed = autotune.parse_space(space or autotune.default_space(fam), fam)
+        for cfg in autotune.space_examples(space or autotune.default_space(fam), fam):
+            make_model(model_name, {**base, **cfg})  # a typo fails before the first trial
+        trials = autotune.run_study(
+            searched,
+            lambda i, cfg, report: _run_trial(i, model_name, {**base, **fixed, **cfg}, tr, va, metric, eval_every,
+                                              patience, sel_ks, cb, report, users=valid_users),
+            start=base, budget_minutes=budget_minutes, max_trials=max_trials, seed=seed, pruning=pruning,
+            show_progress=show_progress)
+        return _refit_best(model_name, trials, tr, va, te, metric, ks, refit_on_valid, cb, test_users=test_users)
+    configs = sample_grid(space, max_trials, seed)
     for cfg in configs:  # fail on a typo before spending time on the first trials
         make_model(model_name, {**base, **cfg})
     log.info("tuning %s: %d trials on the validation split (metric %s)", model_name, len(configs), metric)
@@ -252,11 +286,20 @@ def select_and_fit(
     bar = tqdm(configs, desc=f"tune {model_name}", disable=not show_progress or None, unit="trial")
     for i, cfg in enumerate(bar):
         params = {**base, **cfg}
-        t = _run_trial(i, model_name, params, tr, va, metric, eval_every, patience, sel_ks, cb)
+        t = _run_trial(i, model_name, params, tr, va, metric, eval_every, patience, sel_ks, cb, users=valid_users)
         trials.append(t)
         log.info("trial %d/%d %s: %s=%.4f at iteration %s (%.1fs)", i + 1, len(configs), cfg, metric, t.score, t.best_iteration, t.fit_seconds)
         best = max(trials, key=lambda t: t.score)
         bar.set_postfix({metric: f"{best.score:.4f}"})
+    return _refit_best(model_name, trials, tr, va, te, metric, ks, refit_on_valid, cb, test_users=test_users)
+
+
+def _refit_best(model_name: str, trials: list[Trial], tr: sp.csr_matrix, va: sp.csr_matrix, te: sp.csr_matrix | None,
+                metric: str, ks: Sequence[int], refit_on_valid: bool, cb: Callbacks,
+                test_users: np.ndarray | None = None) -> SelectionResult:
+    """The best trial's configuration (at its best iteration) refitted and tested once."""
+    if not trials:
+        raise ConfigError("the search ran no trial; raise budget_minutes or max_trials")
     best = max(trials, key=lambda t: (t.score, -t.number))
     final_params = dict(best.params)
     if best.best_iteration is not None:
@@ -267,7 +310,7 @@ def select_and_fit(
     model.fit(fit_matrix)
     metrics_test: dict[str, float] = {}
     if te is not None:
-        metrics_test = evaluate(model, fit_matrix, te, ks=ks)
+        metrics_test = evaluate(model, fit_matrix, te, ks=ks, users=test_users)
     cb.selected(trials, best, metric)
     return SelectionResult(model, final_params, best, trials, dict(best.metrics), metrics_test)
 
@@ -283,12 +326,32 @@ def _run_trial(
     patience: int | None,
     ks: tuple[int, ...],
     callbacks: Callbacks,
+    report: Any = None,
+    users: np.ndarray | None = None,
 ) -> Trial:
+    """Fit one configuration on train, scored on valid.
+
+    ``report(step, value)`` (a TPE search) is told every validation point and may end the
+    trial early with :class:`recsys.autotune.StopTrial`; the trial is then scored at its
+    best point so far and marked ``pruned`` or ``stopped``.
+    """
     model = make_model(model_name, params)
     t0 = time.perf_counter()
     callbacks.trial_started(number, params)
-    score, it, metrics = fit_on_validation(model, train, valid, metric, eval_every, patience, ks, callbacks.evaluated)
+    on_eval = callbacks.evaluated
+    if report is not None:
+        def on_eval(step: int, metrics: Any) -> None:
+            callbacks.evaluated(step, metrics)
+            report(step, float(metrics[metric]))
+    state = "complete"
+    try:
+        score, it, metrics = fit_on_validation(model, train, valid, metric, eval_every, patience, ks, on_eval, users)
+    except autotune.StopTrial as stop:
+        state = stop.state
+        point = max(model.history_, key=lambda h: h[metric])  # report runs after a validation point
+        score, it = float(point[metric]), int(point["iteration"])
+        metrics = {k: v for k, v in point.items() if k != "iteration"}
     history = list(getattr(model, "history_", []))
-    trial = Trial(number, params, score, it, metrics, history, time.perf_counter() - t0)
+    trial = Trial(number, params, score, it, metrics, history, time.perf_counter() - t0, state=state)
     callbacks.trial_finished(trial)
     return trial
