@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ import numpy as np
 from recsys.device import resolve_device
 from recsys.errors import BundleError, InputError, NotFittedError
 from recsys.io import load_npz, save_npz, sha256_json
+from recsys.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,8 @@ class MiniLMEncoder(ContentEncoder):
     batch_size : int
         Texts per forward pass.
     show_progress : bool
-        A tqdm bar over texts (off in tests, and whenever stderr is not a terminal).
+        A tqdm bar over texts on a terminal; without one (or with ``False``), a log line
+        with rate and ETA every 30 s of a long encoding (:class:`recsys.progress.Progress`).
     batches_per_call : int
         Batches handed to ``SentenceTransformer.encode`` per call: large enough to amortise
         its per-call cost, small enough for the progress bar to move.
@@ -206,16 +207,13 @@ class MiniLMEncoder(ContentEncoder):
         nonempty = np.array([i for i, t in enumerate(texts) if t.strip()], dtype=np.int64)
         if nonempty.size == 0:
             return out
-        from tqdm.auto import tqdm
-
         # longest first, as sentence-transformers orders internally: similar lengths share a
         # batch, so little compute is spent on padding. The model is called on chunks of many
         # batches (not batch by batch) so its per-call set-up is amortised; the chunks feed
-        # our own progress bar, which is off without a terminal.
+        # our own progress: a tqdm bar on a terminal, else a rate/ETA log line every 30 s.
         order = nonempty[np.argsort([-len(texts[i]) for i in nonempty], kind="stable")]
         chunk = self.batch_size * self.batches_per_call
-        show = self.show_progress and sys.stderr.isatty()
-        with tqdm(total=len(order), desc="encode", unit="text", disable=not show, leave=False) as bar:
+        with Progress(f"encode {self.model_id}", len(order), "texts", logger=log, show_progress=self.show_progress) as bar:
             for s in range(0, len(order), chunk):
                 idx = order[s : s + chunk]
                 out[idx] = self.model.encode(
