@@ -41,6 +41,7 @@ COMMANDS = {
     "export": "pipelines.export",
     "run": "pipelines.run",
     "rollback": "pipelines.rollback",
+    "update": "pipelines.update",
     "config": "pipelines.config_cmd",
     "recommend-batch": "pipelines.recommend_batch",
 }

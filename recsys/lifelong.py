@@ -10,8 +10,10 @@ factors. This module holds the two library pieces of issue 20:
     items with at least ``min_count`` users a least-squares vector against the user
     vectors (ALS's item step, same weighting and ``λ``). Nothing else moves: the vectors
     of unchanged users and of known items are kept bit for bit, so an update cannot make
-    an unchanged user's list worse except by adding new items to the catalogue ("without
+    an unchanged user's list worse except by adding items to the catalogue ("without
     forgetting" by construction; known items learn from new events at the next retrain).
+    Known items that had only a content vector (cold items mapped from metadata) get
+    their collaborative vector the same way once ``min_count`` users have them.
     Order: users on the known items, then new items against all user vectors, then the
     changed users who touched a new item once more with the new items included.
 :func:`align_to_live`
@@ -144,15 +146,19 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
             out_u[u] = known.user(row.indices, row.data)
         else:
             pending.append(u)  # only new items in the history: after the item solve
-    # 3) new items against every user vector
+    # 3) new items (and known items that had only a content vector) against every user vector
+    src_old = np.asarray(list(item_source) if item_source is not None else ["cf"] * n_old_items, dtype=object)
     out_i = np.vstack([iv, np.zeros((len(qualifying), iv.shape[1]), np.float32)])
-    if qualifying:
-        cols = hist[:, n_old_items:].tocsc()
+    counts = np.diff(hist.tocsc().indptr)
+    refresh = np.flatnonzero((src_old != "cf") & (counts[:n_old_items] >= min_count)) if can_item else np.empty(0, np.int64)
+    solve = np.concatenate([refresh, np.arange(n_old_items, len(items))]).astype(np.int64)
+    if solve.size:
+        cols = hist[:, solve].tocsc()
         gram = out_u.astype(np.float64).T @ out_u.astype(np.float64)
-        for j in _progress(range(len(qualifying)), show_progress, "fold-in items"):
+        for j in _progress(range(len(solve)), show_progress, "fold-in items"):
             col = cols[:, j]
-            out_i[n_old_items + j] = known.item(out_u, col.indices, col.data, user_gram=gram)
-        # 4) users who touched a new item, once more with the new items known
+            out_i[solve[j]] = known.item(out_u, col.indices, col.data, user_gram=gram)
+        # 4) users who touched a solved item, once more with those vectors
         full = FoldIn(spec, out_i)
         touched = set(cols.indices.tolist())
         for u in cidx:
@@ -164,9 +170,10 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
     if unresolved:
         log.info("%d changed users have only items outside the catalogue (below min_count): zero vectors, "
                  "popular items until their items qualify", len(unresolved))
-    source = np.asarray(list(item_source) if item_source is not None else ["cf"] * n_old_items, dtype=object)
-    source = np.concatenate([source, np.asarray(["cf"] * len(qualifying), dtype=object)])
+    source = np.concatenate([src_old, np.asarray(["cf"] * len(qualifying), dtype=object)])
+    source[refresh] = "cf"
     stats = {"users_changed": len(cidx), "users_new": len(users) - len(user_ids), "items_new": len(qualifying),
+             "items_content_to_cf": int(len(refresh)),
              "items_waiting": int(len(cand_ids) - len(qualifying)), "users_without_vector": len(unresolved),
              "seconds": round(time.perf_counter() - t0, 3)}
     log.info("update: %s", stats)
@@ -221,6 +228,23 @@ def align_to_live(root: str | os.PathLike, item_vectors: np.ndarray, provenance:
     return out
 
 
+def align_metrics_of_update(prev: Any, res: UpdateResult, cfg: dict[str, Any], seed: int = 0) -> tuple[dict[str, Any], dict[str, float]]:
+    """Drift, churn and new-item exposure of an update against the bundle it started from.
+
+    ``prev`` is the live :class:`~recsys.serving.reader.BundleData`; ``cfg`` the ``[align]``
+    section (an update never rotates: known items keep their vectors, so drift is 1).
+    """
+    prev_view = view_of(prev.user_vectors, prev.user_map, prev.item_vectors, prev.item_map, prev.seen,
+                        prev.manifest["similarity"])
+    new_view = view_of(res.user_vectors, res.user_ids, res.item_vectors, res.item_ids, res.seen, prev.manifest["similarity"])
+    al, metrics = compare_versions(prev_view, new_view, align=False, min_shared=int(cfg.get("min_shared", 50)),
+                                   churn_users=int(cfg.get("churn_users", 1000)), churn_k=int(cfg.get("churn_k", 10)),
+                                   seed=seed)
+    record = {**al.as_dict(), "skipped": "an update keeps known vectors", "previous_version": prev.manifest["version"],
+              **{k: round(v, 6) for k, v in metrics.items() if k.startswith(("churn", "new_"))}}
+    return record, metrics
+
+
 def load_alignment(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, Alignment]:
     """What :func:`align_to_live` saved: rotated items, rotated users, the alignment."""
     from recsys.io import load_npz
@@ -237,5 +261,5 @@ def view_of(user_vectors: np.ndarray | None, user_ids: IdMap | None, item_vector
     return VersionView(user_vectors, user_ids, item_vectors, item_ids, None if seen is None else sp.csr_matrix(seen), similarity)
 
 
-__all__ = ["UpdateResult", "align_to_live", "history_matrix", "incremental_update", "load_alignment", "view_of",
+__all__ = ["UpdateResult", "align_metrics_of_update", "align_to_live", "history_matrix", "incremental_update", "load_alignment", "view_of",
            "DEFAULT_MIN_COUNT"]
