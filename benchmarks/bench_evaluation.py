@@ -14,16 +14,32 @@ The full mode adds a 10x larger user base (the test matrix and lists tiled) for 
 metrics comparison. Both implementations must agree to 1e-9 on every metric; the
 script exits 1 otherwise. Medians of repeats are reported.
 
+``--scale`` measures evaluation at the 20M-event shape instead (issue 18: 400k users x
+100k items, 128-d vectors, synthetic taste clusters so the metrics are not zero; about 26
+train and 2 test items per user): the scoring GEMM alone (chunked into 256 MiB blocks, a
+preallocated output: the bound), the new ``evaluate`` (batched scoring + the multi-threaded
+exact top-k of :mod:`recsys.ranking`), the old path (``recommend`` as it was before: a copy
+of every score block, per-block ``nonzero`` exclusion, one single-threaded ``argpartition``)
+on ``--old-users`` users, extrapolated per user, and the ratio new / GEMM (target <= 2.0).
+The users are cut into rounds and each round is timed GEMM, then new, then old, so a
+change in the load of the shared machine hits every path alike. Then the metrics of a
+seeded sample of ``--sample`` users are checked against the full ones (within 2 standard
+errors).
+
     .venv/bin/python benchmarks/bench_evaluation.py --quick
     .venv/bin/python benchmarks/bench_evaluation.py
+    .venv/bin/python benchmarks/bench_evaluation.py --scale                       # 400k x 100k
+    .venv/bin/python benchmarks/bench_evaluation.py --scale --shape 40000x10000   # the 2M shape
 
-Results are also written to ``benchmarks/results/evaluation.json``.
+Results are also written to ``benchmarks/results/evaluation.json`` (``evaluation_scale_<shape>.json``
+for ``--scale``).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import sys
@@ -38,9 +54,11 @@ import scipy.sparse as sp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsys.evaluation import evaluate, item_popularity, ranking_metrics  # noqa: E402
+from recsys.evaluation import evaluate, item_popularity, ranking_metrics, sample_users  # noqa: E402
 from recsys.io import write_json  # noqa: E402
 from recsys.models.baselines import ItemKNN  # noqa: E402
+from recsys.models.fixed_vectors import FixedVectors  # noqa: E402
+from recsys.ranking import rows_per_block  # noqa: E402
 
 KS = (10, 20, 50, 100)
 
@@ -124,11 +142,174 @@ def check_equal(a: dict, b: dict, what: str) -> float:
     return diff
 
 
+# -- evaluation at scale (--scale) ------------------------------------------------------------
+
+
+def synthetic(n_users: int, n_items: int, dim: int, seed: int = 0
+              ) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix, sp.csr_matrix]:
+    """Vectors with taste clusters, ~26 train and ~2 test items per user (80% in the user's cluster)."""
+    rng = np.random.default_rng(seed)
+    n_clusters = 64
+    centers = rng.standard_normal((n_clusters, dim), dtype=np.float32)
+    item_c = np.sort(rng.integers(0, n_clusters, n_items))  # items of a cluster are contiguous
+    user_c = rng.integers(0, n_clusters, n_users)
+    items = centers[item_c] + rng.standard_normal((n_items, dim), dtype=np.float32)
+    users = 0.5 * centers[user_c] + rng.standard_normal((n_users, dim), dtype=np.float32)
+    items /= np.sqrt(dim)
+    users /= np.sqrt(dim)
+    first = np.searchsorted(item_c, np.arange(n_clusters + 1))
+
+    def draw(per_user: float) -> sp.csr_matrix:
+        counts = np.maximum(rng.poisson(per_user, n_users), 1)
+        u = np.repeat(np.arange(n_users), counts)
+        c = user_c[u]
+        own = first[c] + (rng.random(len(u)) * (first[c + 1] - first[c])).astype(np.int64)
+        i = np.where(rng.random(len(u)) < 0.8, own, rng.integers(0, n_items, len(u)))
+        m = sp.csr_matrix((np.ones(len(u), np.float32), (u, i)), shape=(n_users, n_items))
+        m.data[:] = 1.0
+        return m
+
+    train = draw(26.0)
+    test = draw(2.0)
+    test = (test - test.multiply(train > 0)).tocsr()
+    test.eliminate_zeros()
+    return users, items, train, test
+
+
+def _old_topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``recsys.models.base.topk`` before issue 18: one single-threaded argpartition per block."""
+    n = scores.shape[1]
+    kk = min(k, n)
+    part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    ids = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    top = np.take_along_axis(part_scores, order, axis=1).astype(np.float32)
+    ids[~np.isfinite(top)] = -1
+    return ids, top
+
+
+class OldRecommend(FixedVectors):
+    """``Recommender.recommend`` before issue 18 (copy of each block, nonzero exclusion, old top-k)."""
+
+    def recommend(self, user_indices, k=10, exclude_seen=True, user_items=None, items=None, batch_size=2048):
+        users = np.asarray(user_indices, np.int64)
+        seen = self.user_items_ if user_items is None else sp.csr_matrix(user_items, dtype=np.float32)
+        k = min(int(k), self.n_items_)
+        ids = np.empty((len(users), k), np.int64)
+        out = np.empty((len(users), k), np.float32)
+        for start in range(0, len(users), batch_size):
+            b = users[start : start + batch_size]
+            s = np.array(self._score(b), dtype=np.float32, copy=True)
+            if exclude_seen:
+                r, c = seen[b].nonzero()
+                s[r, c] = -np.inf
+            ids[start : start + len(b)], out[start : start + len(b)] = _old_topk(s, k)
+        return ids, out
+
+
+def gemm_seconds(users: np.ndarray, items: np.ndarray, rows: np.ndarray) -> float:
+    """The scoring GEMM alone over ``rows``, in 256 MiB blocks into one preallocated buffer."""
+    step = rows_per_block(len(items))
+    buf = np.empty((step, len(items)), np.float32)
+    t = time.perf_counter()
+    for s in range(0, len(rows), step):
+        b = rows[s : s + step]
+        np.matmul(users[b], items.T, out=buf[: len(b)])
+    return time.perf_counter() - t
+
+
+def scale_main(args: argparse.Namespace) -> int:
+    n_users, n_items = (int(x) for x in args.shape.lower().split("x"))
+    t0 = time.perf_counter()
+    uvec, ivec, train, test = synthetic(n_users, n_items, args.dim, args.seed)
+    print(f"synthetic {n_users} users x {n_items} items, dim {args.dim}: train {train.nnz}, test {test.nnz} "
+          f"interactions ({time.perf_counter() - t0:.1f} s); load average {os.getloadavg()[0]:.1f}", flush=True)
+    new = FixedVectors.from_vectors(uvec, ivec, train)
+    old = OldRecommend.from_vectors(uvec, ivec, train)
+    pop = item_popularity(train)
+    evaluated = np.flatnonzero(np.diff(test.indptr) > 0)
+    rounds = np.array_split(evaluated, args.rounds)
+    old_per_round = max(1, args.old_users // args.rounds)
+    t_gemm = t_new = t_old = t_new_sub = 0.0
+    n_old = 0
+    sums: dict[str, float] = {}
+    n_total = 0
+    for i, r in enumerate(rounds):
+        t_gemm += gemm_seconds(uvec, ivec, r)
+        t = time.perf_counter()
+        res = evaluate(new, train, test, ks=KS, users=r, item_popularity=pop, show_progress=False)
+        t_new += time.perf_counter() - t
+        for key in ("ndcg@10", "recall@10", "precision@10", "map@10", "mrr"):
+            sums[key] = sums.get(key, 0.0) + res[key] * res["n_users"]
+        n_total += res["n_users"]
+        sub = r[:old_per_round]
+        if args.old_users:
+            t = time.perf_counter()
+            a = evaluate(old, train, test, ks=KS, users=sub, item_popularity=pop, batch_size=1024, show_progress=False)
+            t_old += time.perf_counter() - t
+            t = time.perf_counter()
+            b = evaluate(new, train, test, ks=KS, users=sub, item_popularity=pop, show_progress=False)
+            t_new_sub += time.perf_counter() - t
+            n_old += len(sub)
+            if abs(a["ndcg@10"] - b["ndcg@10"]) > 1e-9:
+                raise SystemExit(f"old and new evaluation differ: ndcg@10 {a['ndcg@10']} vs {b['ndcg@10']}")
+        print(f"  round {i + 1}/{len(rounds)}: {len(r)} users, gemm {t_gemm:.1f} s, new {t_new:.1f} s, "
+              f"old {t_old:.1f} s on {n_old} users (cumulative); load {os.getloadavg()[0]:.1f}", flush=True)
+    full = {k: v / n_total for k, v in sums.items()}
+    old_full = t_old / max(n_old, 1) * n_total if args.old_users else float("nan")
+    t = time.perf_counter()
+    sample = sample_users(test, args.sample, seed=args.seed)
+    samp = evaluate(new, train, test, ks=KS, users=sample, item_popularity=pop, show_progress=False)
+    t_sample = time.perf_counter() - t
+    checks = []
+    for key, v in full.items():
+        z = (samp[key] - v) / samp[f"{key}_se"]
+        checks.append({"metric": key, "full": v, "sample": samp[key], "se": samp[f"{key}_se"], "z": z, "ok": abs(z) <= 2})
+
+    print(f"\nevaluation at {n_users} users x {n_items} items (dim {args.dim}, ks {KS}, {n_total} users with test "
+          f"items, {len(rounds)} interleaved rounds)")
+    print(f"{'path':<44} {'seconds':>9} {'x GEMM':>7} {'users/s':>9}")
+    rows = [("scoring GEMM alone (256 MiB blocks)", t_gemm, n_total),
+            ("new evaluate (recsys.ranking.topk_batch)", t_new, n_total),
+            (f"old evaluate, extrapolated from {n_old} users", old_full, n_total),
+            (f"  old evaluate on those {n_old} users", t_old, n_old),
+            (f"  new evaluate on those {n_old} users", t_new_sub, n_old),
+            (f"new evaluate on a sample of {len(sample)} users", t_sample, len(sample))]
+    for name, sec, n in rows:
+        base = t_gemm * n / n_total
+        print(f"{name:<44} {sec:>9.1f} {sec / base:>6.2f}x {n / sec:>9.0f}")
+    print(f"ratio new / GEMM = {t_new / t_gemm:.2f} (target <= 2.0); old / new = {t_old / max(t_new_sub, 1e-9):.1f}x "
+          f"on the same {n_old} users")
+    print(f"\nsampled ({len(sample)} users, seed {args.seed}) vs full metrics:")
+    print(f"{'metric':<14} {'full':>8} {'sample':>8} {'se':>8} {'z':>6}")
+    for c in checks:
+        print(f"{c['metric']:<14} {c['full']:>8.4f} {c['sample']:>8.4f} {c['se']:>8.4f} {c['z']:>6.2f}"
+              f"{'' if c['ok'] else '  OUTSIDE 2 SE'}")
+    write_json(ROOT / "benchmarks" / "results" / f"evaluation_scale_{n_users}x{n_items}.json", {
+        "shape": [n_users, n_items], "dim": args.dim, "ks": KS, "users_evaluated": n_total, "rounds": len(rounds),
+        "gemm_s": t_gemm, "new_s": t_new, "old_extrapolated_s": old_full, "old_users": n_old, "old_s": t_old,
+        "new_same_users_s": t_new_sub, "sample_users": int(len(sample)), "sample_s": t_sample,
+        "ratio_new_gemm": t_new / t_gemm, "sample_checks": checks, "cpus": os.cpu_count(),
+        "python": platform.python_version(), "machine": platform.machine(),
+    })
+    return 0 if all(c["ok"] for c in checks) else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no 10x case (~1 min)")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--scale", action="store_true", help="evaluation at the 20M-event shape (see the module docstring)")
+    ap.add_argument("--shape", default="400000x100000", help="--scale: USERSxITEMS")
+    ap.add_argument("--dim", type=int, default=128, help="--scale: vector width")
+    ap.add_argument("--rounds", type=int, default=8, help="--scale: interleaved timing rounds")
+    ap.add_argument("--old-users", type=int, default=16000, help="--scale: users the old path is timed on (0: skip)")
+    ap.add_argument("--sample", type=int, default=20000, help="--scale: users of the sampled evaluation")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.scale:
+        return scale_main(args)
     repeats = args.repeats or (3 if args.quick else 7)
     train, test = load_split()
     pop = item_popularity(train)

@@ -41,7 +41,7 @@ class Runner:
         self.wf = Workflow(out / "state", force=force)
         self.ctx = steps.RunContext(out=out, tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
                                     seed=int(cfg.seed), show_progress=show_progress, effective_toml=effective_toml,
-                                    retune=retune)
+                                    retune=retune, evaluation=cfg.section("evaluation"))
         self.input_files = input_files or []
         self.build_config_dict = build_config_dict
         self.metrics: dict[str, dict[str, float]] = {}
@@ -102,7 +102,7 @@ class Runner:
         trained: dict[str, StepResult] = {}
         for name in baselines + train:
             params, tune = self._params(name), self._tune(name)
-            inputs = {"dataset": ds_fp, "params": params, "tune": tune, "seed": ctx.seed}
+            inputs = {"dataset": ds_fp, "params": params, "tune": tune, "seed": ctx.seed, "evaluation": ctx.evaluation}
             if ctx.retune and tune:  # --retune: this run's search, never an up-to-date skip
                 inputs["retune"] = self.record["started_at"]
             res = self._step(f"train-{name}", inputs, lambda n=name, p=params, t=tune: steps.train_step(ctx, ds, n, p, t))

@@ -51,6 +51,7 @@ class RunContext:
     show_progress: bool = True
     effective_toml: str = ""  # the validated config of the run, logged with the publish run
     retune: bool = False  # search again even when the tuning cache holds this data lineage
+    evaluation: dict[str, Any] | None = None  # [evaluation]: the users validation and test metrics are computed on
 
     @property
     def dataset_dir(self) -> Path:
@@ -79,6 +80,14 @@ def build_dataset_step(ctx: RunContext, build_config: Any) -> dict[str, Any]:
 # -- models ----------------------------------------------------------------------------------
 
 
+def eval_samples(ctx: RunContext) -> dict[str, Any]:
+    """``[evaluation]`` as :func:`recsys.training.train_and_evaluate` takes it (no sample seed: the run's)."""
+    ev = dict(ctx.evaluation or {})
+    seed = ev.get("sample_seed")
+    return {"valid_users": int(ev.get("valid_users", 0)), "test_users": int(ev.get("test_users", 0)),
+            "sample_seed": int(ctx.seed if seed is None else seed)}
+
+
 def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], tune: dict[str, Any] | None) -> dict[str, Any]:
     """Train one configured model on the train split, evaluate it once on test, track it.
 
@@ -91,7 +100,7 @@ def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], 
     plan = plan_tuning(ds, get_family(name), params, tune, cache, retune=ctx.retune, seed=ctx.seed)
     res = train_model(ds, name, plan.params, tracking_uri=ctx.tracking_uri, experiment=ctx.experiment, out_dir=model_dir,
                       tune=plan.space is not None, space=plan.space, tuning=plan.settings,
-                      show_progress=ctx.show_progress, tags={"tuning": plan.status})
+                      show_progress=ctx.show_progress, tags={"tuning": plan.status}, evaluation=eval_samples(ctx))
     tuning_info: dict[str, Any] = {"status": plan.status, "key": plan.key,
                                    "seed": plan.settings.get("seed", (plan.hit or {}).get("seed"))}
     if plan.status == "search":

@@ -105,6 +105,7 @@ def train_model(
     dataset_name: str | None = None,
     show_progress: bool = True,
     tags: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Select, refit, evaluate and log one model; the function ``recsys train`` and ``recsys run`` call.
 
@@ -132,6 +133,9 @@ def train_model(
         :func:`recsys.tuning.select_and_fit`.
     tags : dict, optional
         Extra MLflow tags of the run (``recsys run`` tags ``tuning`` = search / hit / off).
+    evaluation : dict, optional
+        User samples of the metrics: ``valid_users``, ``test_users`` (0 = every user) and
+        ``sample_seed``, as in :func:`recsys.training.train_and_evaluate` (``[evaluation]``).
 
     The protocol itself is :func:`recsys.training.train_and_evaluate`; this adds MLflow.
 
@@ -155,7 +159,7 @@ def train_model(
         raise ConfigError(f"tuning {model_name} needs a search space ([tuning.{model_name}] or [models.{model_name}.tune])")
     out = Path(out_dir) if out_dir is not None else None
     return log_training_run(dataset, name, model_name, params, uri, experiment, out, space, dict(tuning or {}),
-                            show_progress, tags=tags)
+                            show_progress, tags=tags, evaluation=evaluation)
 
 
 # -- CLI ---------------------------------------------------------------------------------------

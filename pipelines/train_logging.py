@@ -56,17 +56,21 @@ def log_training_run(
     tuning: dict[str, Any],
     show_progress: bool,
     tags: dict[str, Any] | None = None,
+    evaluation: dict[str, Any] | None = None,
 ) -> TrainResult:
     """The training protocol (:func:`recsys.training.train_and_evaluate`) inside one MLflow run.
 
     The run gets the config as params, lineage and git tags; the protocol's trials,
     validation curves and test metrics arrive through :class:`recsys.tracking.TrackingCallbacks`;
     artifacts (model, factors, id maps, config, metrics, plots) are written to ``out`` and logged.
+    ``evaluation`` (``valid_users``, ``test_users``, ``sample_seed``) picks the users the
+    metrics are computed on; it is logged with the config.
     """
     import mlflow  # noqa: PLC0415 - heavy; `recsys --help` must not import it
 
     tune = bool(space)
-    config = {"model": model_name, "params": params, "tune": tune, "tuning": tuning, "space": space}
+    config = {"model": model_name, "params": params, "tune": tune, "tuning": tuning, "space": space,
+              "evaluation": dict(evaluation or {})}
     run_tags = {"dataset": dataset_name, "model": model_name, "tuned": str(tune).lower(), **(tags or {})}
     with tracking.start_run(uri, experiment, run_name=f"{model_name}{'-tuned' if tune else ''}", tags=run_tags) as run:
         tracking.log_git_commit(REPO_ROOT)
@@ -75,7 +79,8 @@ def log_training_run(
         manifest = dataset.path / "manifest.json" if dataset.path is not None else dataset.manifest
         tracking.log_dataset_lineage(manifest, rows, name=dataset_name, path=dataset.path)
         res = train_and_evaluate(dataset, model_name, params, space=space, tuning=tuning,
-                                 callbacks=tracking.TrackingCallbacks(model_name), show_progress=show_progress)
+                                 callbacks=tracking.TrackingCallbacks(model_name), show_progress=show_progress,
+                                 **dict(evaluation or {}))
         if res.history and "iteration" in res.history[0]:
             _log_training_curve(res.history, f"{model_name} validation curve (best trial)")
         elif res.metrics_valid:  # one fit with epochs (two-tower): the selected epoch's scores

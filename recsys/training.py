@@ -23,18 +23,20 @@ Without a validation split the fixed parameters are fitted on ``train`` and eval
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import scipy.sparse as sp
 
 from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError, InputError
 from recsys import autotune, tuning as tuning_mod
 from recsys.callbacks import Callbacks
-from recsys.evaluation import evaluate
+from recsys.evaluation import evaluate, sample_users
 from recsys.models import registry
 from recsys.models.base import Recommender
 
@@ -80,6 +82,9 @@ def train_and_evaluate(
     callbacks: Callbacks | None = None,
     show_progress: bool = True,
     ks: Sequence[int] = KS,
+    valid_users: int | np.ndarray = 0,
+    test_users: int | np.ndarray = 0,
+    sample_seed: int = 0,
 ) -> ProtocolResult:
     """Select ``family`` on validation, refit it, evaluate it once on test.
 
@@ -98,6 +103,14 @@ def train_and_evaluate(
         ``patience``, ``refit_on_valid`` (see :func:`recsys.tuning.select_and_fit`).
     callbacks : Callbacks, optional
         Tracking, progress, budgets.
+    valid_users, test_users : int or int array
+        Users the validation metrics (every trial, iteration and epoch: selection and
+        curves) and the test metrics are computed on: a sample size (``0`` = every user),
+        drawn once by :func:`recsys.evaluation.sample_users` with ``sample_seed`` so that
+        every trial and model sees the same users, or explicit user indices. The metrics
+        carry their standard errors (``"ndcg@10_se"``) and ``n_users``.
+    sample_seed : int
+        Seed of the user samples (recorded in :attr:`ProtocolResult.summary`).
 
     Raises
     ------
@@ -116,24 +129,74 @@ def train_and_evaluate(
         raise ConfigError("tuning needs a non-empty valid split; rebuild the dataset with valid_frac > 0")
     for cfg in autotune.space_examples(space or {}, fam, f"[models.{family}.tune]"):  # a typo fails before any fit
         fam.validate_params({**params, **cfg}, f"[models.{family}.tune]")
+    has_valid = _nonempty(dataset, "valid")
+    valid = dataset.matrix("valid") if has_valid else None
+    test = dataset.matrix("test")
+    v_users = evaluation_users(valid, valid_users, sample_seed, "valid") if valid is not None else None
+    t_users = evaluation_users(test, test_users, sample_seed, "test")
+    sampled = {f"{name}_users_sampled": float(len(u)) for name, u in (("valid", v_users), ("test", t_users)) if u is not None}
+    if sampled:
+        sampled["eval_sample_seed"] = float(sample_seed)
     if fam.protocol is not None:
         hook = registry.import_target(fam.protocol)
-        return hook(dataset, fam, params, space=dict(space or {}), tuning=dict(tuning or {}), callbacks=cb,
-                    show_progress=show_progress, ks=tuple(ks))
-    train, test = dataset.matrix("train"), dataset.matrix("test")
-    if not _nonempty(dataset, "valid"):
+        out = hook(dataset, fam, params, space=dict(space or {}), tuning=dict(tuning or {}), callbacks=cb,
+                   show_progress=show_progress, ks=tuple(ks), **_hook_users(hook, valid_users=v_users, test_users=t_users))
+        out.summary.update(sampled)
+        return out
+    train = dataset.matrix("train")
+    if valid is None:
         log.warning("no valid split: fitting %s with fixed params, no model selection", family)
         model = fam.make(params).fit(train)
-        m_test = evaluate(model, train, test, ks=ks)
+        m_test = evaluate(model, train, test, ks=ks, users=t_users)
         cb.tested(m_test)
-        return ProtocolResult(model, dict(params), {}, m_test, seen=train)
+        return ProtocolResult(model, dict(params), {}, m_test, seen=train, summary=sampled)
     settings = dict(tuning or {})
-    res = tuning_mod.select_and_fit(family, train, dataset.matrix("valid"), test, dict(space or {}), base_params=params,
-                                    ks=ks, callbacks=cb, show_progress=show_progress, **settings)
+    res = tuning_mod.select_and_fit(family, train, valid, test, dict(space or {}), base_params=params,
+                                    ks=ks, callbacks=cb, show_progress=show_progress, valid_users=v_users,
+                                    test_users=t_users, **settings)
     seen = dataset.matrix("train", "valid") if settings.get("refit_on_valid", True) else train
     cb.tested(res.metrics_test)
     return ProtocolResult(res.model, res.params, res.metrics_valid, res.metrics_test, res.trials,
-                          list(res.best.history), seen)
+                          list(res.best.history), seen, summary=sampled)
+
+
+def evaluation_users(matrix: sp.csr_matrix, users: int | np.ndarray | None, seed: int,
+                     split: str = "valid") -> np.ndarray | None:
+    """The users a split's metrics are computed on; ``None`` means every user.
+
+    ``users`` is a sample size (``0``, or at least the number of users with an interaction
+    in the split, means every user: the full evaluation, not a reordered copy of it) or an
+    explicit array of user indices, used as given.
+    """
+    if users is None:
+        return None
+    if isinstance(users, (int, np.integer)) and not isinstance(users, bool):
+        sample = sample_users(matrix, int(users), seed)  # refuses a negative size
+        n_eligible = int((np.diff(matrix.indptr) > 0).sum())
+        if len(sample) == n_eligible:  # 0, or a size beyond the split: every user
+            return None
+        log.info("%s metrics on a fixed sample of %d of %d users (seed %d)", split, len(sample), n_eligible, seed)
+        return sample
+    arr = np.asarray(users)
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise InputError(f"{split}_users must be a sample size (int >= 0) or a 1-D array of user indices, got {users!r}")
+    return arr.astype(np.int64)
+
+
+def _hook_users(hook: Callable[..., Any], **users: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The user samples a family's own protocol hook accepts (a hook written before them still runs)."""
+    params = inspect.signature(hook).parameters
+    open_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    out = {}
+    for name, arr in users.items():
+        if arr is None:
+            continue
+        if open_kw or name in params:
+            out[name] = arr
+        else:
+            log.warning("the protocol hook %s takes no %s; its metrics are computed on every user",
+                        getattr(hook, "__qualname__", hook), name)
+    return out
 
 
 def all_interactions(dataset: Dataset) -> sp.csr_matrix:

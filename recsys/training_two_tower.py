@@ -81,8 +81,8 @@ def item_features_for(dataset: Dataset, spec: str | None) -> np.ndarray | None:
     return np.asarray(arr, np.float32)
 
 
-def _validation(train: Any, valid: Any, k: int) -> Callable[[TwoTower], Mapping[str, float]]:
-    return lambda model: evaluate(model, train, valid, ks=(k,))
+def _validation(train: Any, valid: Any, k: int, users: np.ndarray | None = None) -> Callable[[TwoTower], Mapping[str, float]]:
+    return lambda model: evaluate(model, train, valid, ks=(k,), users=users)
 
 
 def _is_main() -> bool:
@@ -93,8 +93,13 @@ def _is_main() -> bool:
 
 def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[str, Any], *, space: Mapping[str, Any],
                          tuning: Mapping[str, Any], callbacks: Callbacks, show_progress: bool,
-                         ks: tuple[int, ...]) -> ProtocolResult:
-    """Early-stop on valid, refit on train + valid, evaluate once on test (see the module docstring)."""
+                         ks: tuple[int, ...], valid_users: np.ndarray | None = None,
+                         test_users: np.ndarray | None = None) -> ProtocolResult:
+    """Early-stop on valid, refit on train + valid, evaluate once on test (see the module docstring).
+
+    ``valid_users`` / ``test_users``: the users the epoch curves and the test metrics are
+    computed on (default every user; :func:`recsys.training.train_and_evaluate` passes its samples).
+    """
     if space:
         raise ConfigError("the two-tower has no search-space tuning; remove its [tune] table and set its "
                           "parameters directly (epochs are selected on validation)")
@@ -109,7 +114,7 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
     model = TwoTower(**selection)
     m_valid: dict[str, float] = {}
     if has_valid:
-        val = _validation(train, dataset.matrix("valid"), int(model.metric.split("@")[-1] or 10))
+        val = _validation(train, dataset.matrix("valid"), int(model.metric.split("@")[-1] or 10), valid_users)
         model.fit(train, pairs=dataset.split("train"), item_features=feats, validation=val, on_epoch=callbacks.evaluated)
         m_valid = {k[len("valid_"):]: v for k, v in model.history_[model.best_epoch_ - 1].items() if k.startswith("valid_")}
         m_valid["best_epoch"] = float(model.best_epoch_)
@@ -130,7 +135,7 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
     final = {**model.get_params(), **proto, "max_minutes": model_params.get("max_minutes")}
     if not _is_main():  # a non-main rank of a distributed job: trained in lock-step, not evaluated
         return ProtocolResult(model, final, m_valid, {}, history=history, seen=seen, summary=summary)
-    m_test = evaluate(model, seen, test, ks=ks)
+    m_test = evaluate(model, seen, test, ks=ks, users=test_users)
     callbacks.tested(m_test)
     return ProtocolResult(model, final, m_valid, m_test, history=history, seen=seen, summary=summary)
 

@@ -42,6 +42,9 @@ BAD = [
     ("models.two-tower.epochs=\"many\"", "epochs", "valid integer"),
     ("promotion.registered_model=\"a/b\"", "registered model", "'/'"),
     ("tracking.experiment=\"..\"", "experiment name", "'.'"),
+    ("evaluation.valid_users=-1", "valid_users", "greater than or equal to 0"),
+    ("evaluation.test_users=\"all\"", "test_users", "valid integer"),
+    ("evaluation.valid_user=100", "unknown key 'valid_user'", "valid_users"),
 ]
 
 

@@ -472,3 +472,72 @@ def test_a_sampled_metric_is_within_three_standard_errors_of_the_full_one():
     assert part["n_users"] == 300
     for key in ("ndcg@10", "recall@10", "mrr"):
         assert abs(part[key] - full[key]) < 3 * part[f"{key}_se"], key
+
+
+# --- the training protocol evaluates on the configured user samples ------------------------
+def test_protocol_validates_on_a_fixed_user_sample_and_tests_on_every_user(ml_small):
+    from recsys.training import train_and_evaluate
+
+    a = train_and_evaluate(ml_small, "als", {"factors": 8, "iterations": 4, "random_state": 0},
+                           tuning={"eval_every": 2}, show_progress=False, valid_users=100, sample_seed=3)
+    n_test = int((np.diff(ml_small.matrix("test").indptr) > 0).sum())
+    assert [h["n_users"] for h in a.history] == [100, 100]  # every validation point on the same sample
+    assert a.metrics_valid["n_users"] == 100 and "ndcg@10_se" in a.metrics_valid
+    assert a.metrics_test["n_users"] == n_test and a.metrics_test["ndcg@10_se"] > 0
+    assert a.summary == {"valid_users_sampled": 100.0, "eval_sample_seed": 3.0}
+    b = train_and_evaluate(ml_small, "als", {"factors": 8, "iterations": 4, "random_state": 0},
+                           tuning={"eval_every": 2}, show_progress=False, valid_users=100, sample_seed=3)
+    assert a.history == b.history  # same seed, same users, same curve
+
+
+def test_protocol_sample_covering_every_user_is_the_full_evaluation(ml_small):
+    from recsys.training import train_and_evaluate
+
+    full = train_and_evaluate(ml_small, "most-popular", show_progress=False)
+    covered = train_and_evaluate(ml_small, "most-popular", show_progress=False, valid_users=10**6, test_users=10**6)
+    assert covered.metrics_valid == full.metrics_valid and covered.metrics_test == full.metrics_test
+    assert covered.summary == {}
+    part = train_and_evaluate(ml_small, "most-popular", show_progress=False, valid_users=50, test_users=60)
+    assert (part.metrics_valid["n_users"], part.metrics_test["n_users"]) == (50, 60)
+
+
+def test_protocol_refuses_a_negative_sample_size(ml_small):
+    from recsys.training import train_and_evaluate
+
+    with pytest.raises(InputError, match="sample size"):
+        train_and_evaluate(ml_small, "most-popular", show_progress=False, valid_users=-1)
+
+
+def test_a_protocol_hook_without_user_samples_still_runs(caplog):
+    from recsys.training import _hook_users
+
+    def old_hook(dataset, family, params, *, space, tuning, callbacks, show_progress, ks):
+        return None
+
+    def new_hook(dataset, family, params, *, ks, valid_users=None, test_users=None):
+        return None
+
+    users = np.arange(3)
+    assert set(_hook_users(new_hook, valid_users=users, test_users=None)) == {"valid_users"}
+    with caplog.at_level("WARNING", logger="recsys.training"):
+        assert _hook_users(old_hook, valid_users=users, test_users=users) == {}
+    assert "takes no valid_users" in caplog.text
+
+
+def test_train_model_logs_the_sample_its_standard_errors_and_user_counts_to_mlflow(ml_small, tmp_path):
+    import json
+
+    import mlflow
+
+    from pipelines.train import train_model
+    from tests.mf_fixtures import fresh_store
+
+    uri = fresh_store(tmp_path)
+    ev = {"valid_users": 120, "test_users": 0, "sample_seed": 5}
+    res = train_model(ml_small, "most-popular", {}, tracking_uri=uri, dataset_name="ml-small", show_progress=False,
+                      out_dir=tmp_path / "out", evaluation=ev)
+    m = mlflow.MlflowClient(uri).get_run(res.run_id).data.metrics
+    assert m["valid_n_users"] == 120 and m["valid_users_sampled"] == 120 and m["eval_sample_seed"] == 5
+    assert m["test_n_users"] == res.metrics_test["n_users"] > 120
+    assert m["test_ndcg_at_10_se"] == pytest.approx(res.metrics_test["ndcg@10_se"]) and m["valid_ndcg_at_10_se"] > 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["evaluation"] == ev

@@ -149,3 +149,45 @@ def test_rows_per_block_fits_the_memory_budget():
     assert rows_per_block(100_000) * 100_000 * 4 <= 256 * 2**20
     assert rows_per_block(10**9) == 1
     assert rows_per_block(1000, budget_bytes=4000 * 7) == 7
+
+
+def test_recommend_scores_blocks_into_one_buffer_without_changing_results_or_state():
+    from recsys.models.fixed_vectors import FixedVectors
+
+    rng = np.random.default_rng(4)
+    u, v = rng.standard_normal((50, 8), dtype=np.float32), rng.standard_normal((3000, 8), dtype=np.float32)
+    seen = sp.random(50, 3000, density=0.01, format="csr", random_state=4, dtype=np.float32)
+    model = FixedVectors.from_vectors(u, v, seen)
+    u0, v0 = model.user_factors_.copy(), model.item_factors_.copy()
+    one = model.recommend(np.arange(50), k=20)
+    blocks = model.recommend(np.arange(50), k=20, batch_size=7)  # the last block is shorter
+    np.testing.assert_array_equal(one[0], blocks[0])
+    np.testing.assert_allclose(one[1], blocks[1], rtol=1e-5)  # BLAS rounds by block shape
+    want = u @ v.T
+    r, c = seen.nonzero()
+    want[r, c] = -np.inf
+    np.testing.assert_array_equal(one[0], _reference(want, 20)[0])
+    np.testing.assert_array_equal(model.user_factors_, u0)
+    np.testing.assert_array_equal(model.item_factors_, v0)
+
+
+def test_a_factor_model_with_its_own_score_is_not_scored_as_a_plain_product():
+    from recsys.models.fixed_vectors import FixedVectors
+
+    class Shifted(FixedVectors):
+        def _score(self, user_indices):
+            return -(self.user_factors_[user_indices] @ self.item_factors_.T)
+
+    rng = np.random.default_rng(6)
+    u, v = rng.standard_normal((5, 4), dtype=np.float32), rng.standard_normal((2000, 4), dtype=np.float32)
+    model = Shifted().fit(sp.csr_matrix((5, 2000), dtype=np.float32), user_vectors=u, item_vectors=v)
+    ids, _ = model.recommend(np.arange(5), k=10)
+    np.testing.assert_array_equal(ids, _reference(-(u @ v.T), 10)[0])
+
+
+def test_recommend_refuses_a_bad_batch_size():
+    from recsys.models.fixed_vectors import FixedVectors
+
+    model = FixedVectors.from_vectors(np.ones((2, 2), np.float32), np.ones((3, 2), np.float32), sp.csr_matrix((2, 3)))
+    with pytest.raises(InputError, match="batch_size"):
+        model.recommend([0, 1], k=2, batch_size=0)

