@@ -6,17 +6,17 @@ log) are wrapped in an in-memory bundle, and each repeat times, in the same proc
 
 * ``gemm``: the scoring GEMM alone, block by block with the batch job's own block size
   and preallocated output (nothing else: no exclusion, no top-k, no output);
-* ``gemm + plain topk``: GEMM, seen items excluded, ``torch.topk`` over the full row
-  (what the batch job would cost without the grouped top-k), ``--with-plain`` only;
+* ``gemm + top-k``: the batch job's scoring alone (``BatchScorer``: GEMM, seen items
+  excluded, ``recsys.ranking.topk_batch``), no output (``--with-scoring`` only);
 * ``batch top-K``: ``recsys.serving.batch.write_batch_topk`` end to end (exclusion of
-  seen items, grouped exact top-k, parquet parts with sha256, manifest).
+  seen items, exact top-k, parquet parts with sha256, manifest).
 
 Reported: median seconds of ``--repeats`` and the ratio to the GEMM (issue 18 target:
 batch top-K <= 2x GEMM at 400k x 100k on this 2-core machine), plus the stage split that
 the batch manifest records. ``--users N`` times the first N users only (same ratios, a
 fraction of the time)::
 
-    .venv/bin/python benchmarks/bench_batch_topk.py --users 40000 --repeats 3 --with-plain
+    .venv/bin/python benchmarks/bench_batch_topk.py --users 40000 --repeats 3 --with-scoring
     .venv/bin/python benchmarks/bench_batch_topk.py --repeats 1          # the full 400k users
 
 Results also go to ``benchmarks/results/batch_topk.json``.
@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 from recsys.data.idmap import IdMap  # noqa: E402
 from recsys.io import write_json  # noqa: E402
 from recsys.models.foldin import FoldInSpec  # noqa: E402
-from recsys.serving.batch import BatchScorer, block_topk, write_batch_topk  # noqa: E402
+from recsys.serving.batch import BatchScorer, iter_topk, write_batch_topk  # noqa: E402
 from recsys.serving.reader import BundleData  # noqa: E402
 
 
@@ -76,18 +76,11 @@ def time_gemm(scorer: BatchScorer, users: np.ndarray) -> float:
     return time.perf_counter() - t0
 
 
-def time_plain(scorer: BatchScorer, users: np.ndarray, k: int) -> float:
-    """GEMM + seen exclusion + a full-row torch.topk (the grouped top-k switched off)."""
-    v = scorer.vectors
-    buf = np.empty((scorer.block_rows, len(v)), np.float32)
+def time_scoring(scorer: BatchScorer, n: int) -> float:
+    """GEMM + seen exclusion + exact top-k of the first ``n`` users, nothing written."""
     t0 = time.perf_counter()
-    for a in range(0, len(users), scorer.block_rows):
-        q = users[a : a + scorer.block_rows]
-        s = buf[: len(q)]
-        np.matmul(q, v.T, out=s)
-        r, c = scorer._seen_cols(np.arange(a, a + len(q)))
-        s[r, c] = -np.inf
-        block_topk(s, k, 1)
+    for _ in iter_topk(scorer, np.arange(n, dtype=np.int64)):
+        pass
     return time.perf_counter() - t0
 
 
@@ -99,7 +92,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seen-per-user", type=int, default=26)
     ap.add_argument("--max-chunk-mb", type=int, default=256)
-    ap.add_argument("--with-plain", action="store_true", help="also time GEMM + a plain full-row top-k")
+    ap.add_argument("--with-scoring", action="store_true", help="also time GEMM + top-k without writing")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     n_users, n_items, dim = (int(x) for x in args.shape.split(","))
@@ -111,15 +104,15 @@ def main() -> int:
     user_ids = data.user_map.ids[:n] if n < n_users else None
     scorer = BatchScorer(data, args.k, max_chunk_bytes=args.max_chunk_mb << 20)
     rows: dict[str, list[float]] = {"gemm": [], "batch top-K": []}
-    if args.with_plain:
-        rows["gemm + plain topk"] = []
+    if args.with_scoring:
+        rows["gemm + top-k"] = []
     stages: list[dict[str, float]] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-batch-"))
     try:
         for rep in range(args.repeats):
             rows["gemm"].append(time_gemm(scorer, users))
-            if args.with_plain:
-                rows["gemm + plain topk"].append(time_plain(scorer, users, args.k))
+            if args.with_scoring:
+                rows["gemm + top-k"].append(time_scoring(scorer, n))
             res = write_batch_topk(data, tmp / f"out{rep}", k=args.k, users=user_ids,
                                    max_chunk_bytes=args.max_chunk_mb << 20)
             rows["batch top-K"].append(res.manifest["seconds"])
@@ -130,7 +123,7 @@ def main() -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     gemm = statistics.median(rows["gemm"])
     print(f"\n{n} users x {n_items} items x {dim} dims, k={args.k}, {scorer.block_rows} users per block, "
-          f"groups of {scorer.g}; {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+          f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
           f"median of {args.repeats}")
     print(f"{'what':<20} {'seconds':>9} {'x gemm':>7} {'users/s':>9}")
     for name, ts in rows.items():
@@ -139,7 +132,7 @@ def main() -> int:
     split = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
     print("batch top-K stages (median s): " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
     out = {"shape": [n, n_items, dim], "k": args.k, "repeats": args.repeats, "block_rows": scorer.block_rows,
-           "group": scorer.g, "seconds": {k: statistics.median(v) for k, v in rows.items()}, "all": rows,
+           "seconds": {k: statistics.median(v) for k, v in rows.items()}, "all": rows,
            "ratio_to_gemm": {k: statistics.median(v) / gemm for k, v in rows.items()}, "stages": split,
            "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
     write_json(ROOT / "benchmarks" / "results" / "batch_topk.json", out)

@@ -15,7 +15,7 @@ import pytest
 from pipelines.cli import main as cli
 from recsys import Retriever
 from recsys.errors import InputError, UnknownIdError
-from recsys.serving.batch import block_topk, group_size, write_batch_topk
+from recsys.serving.batch import write_batch_topk
 from recsys.serving.bundle import IndexConfig
 from recsys.serving.reader import read_bundle
 from tests.serving_fixtures import export_real, real  # noqa: F401 - fixture
@@ -64,24 +64,6 @@ def assert_same_lists(df: pl.DataFrame, retriever: Retriever, users: list[str], 
 def sample_users(bundle: Path, n: int = 60, seed: int = 0) -> list[str]:
     ids = read_bundle(bundle, verify=False).user_map.ids
     return [ids[i] for i in np.random.default_rng(seed).choice(len(ids), n, replace=False)]
-
-
-# -- the exact top-k kernel ----------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("n, k, g", [(4096, 10, 16), (4096, 100, 4), (1000, 7, 8), (640, 64, 2), (300, 300, 1)])
-def test_block_topk_equals_a_full_sort_including_excluded_entries(n, k, g):
-    rng = np.random.default_rng(n + k)
-    s = rng.standard_normal((50, n)).astype(np.float32)
-    s[rng.random(s.shape) < 0.3] = -np.inf  # excluded entries
-    s[7, : n - 3] = -np.inf                  # a row with only 3 eligible entries
-    cols, vals = block_topk(s, k, g)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    want = np.take_along_axis(s, order, 1)
-    np.testing.assert_array_equal(vals, want)
-    np.testing.assert_array_equal(np.take_along_axis(s, np.maximum(cols, 0), 1)[cols >= 0], vals[cols >= 0])
-    assert (cols[~np.isfinite(vals)] == -1).all() and (cols[7, 3:] == -1).all()
-    assert group_size(100_000, 100) in (16, 32) and group_size(500, 100) == 1
 
 
 # -- equal to the Retriever --------------------------------------------------------------------------

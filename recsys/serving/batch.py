@@ -12,11 +12,10 @@ filters, same cold-user fallback), computed a block of users at a time:
   dense ``users x items`` matrix;
 * the allow-list and block-list shrink the item matrix once (fewer columns to score);
   seen items are set to ``-inf`` in the block, exactly;
-* the top-k is exact and cheap (:func:`block_topk`): items are split into ``g``
-  interleaved groups, the ``k`` groups with the highest maximum are kept (every top-k item
-  lies in one of them), and the top-k is taken among their ``g * k`` items. This costs one
-  vectorised max pass plus two small top-k, instead of a full-row selection, which on
-  2 cores costs more than the GEMM itself (docs/batch.md, benchmarks/bench_batch_topk.py);
+* the ranking is :func:`recsys.ranking.topk_batch`, the project's one exact top-k
+  (a sampled threshold, then only the candidates above it are sorted, on every core; ties
+  go to the lower item index); a full-row selection per user would cost more than the
+  GEMM itself on 2 cores (docs/batch.md, benchmarks/bench_batch_topk.py);
 * users the bundle does not know (a ``users`` list with new ids) get the Retriever's
   fallback: the most popular items, scored by popularity.
 
@@ -48,7 +47,7 @@ from recsys.index.base import check_k
 from recsys.io import atomic_dir, sha256_file, write_json
 from recsys.progress import Progress
 from recsys.serving.batch_scoring import (  # noqa: F401 - the batch API in one place
-    DEFAULT_CHUNK_BYTES, BatchScorer, BlockResult, block_topk, group_size, iter_topk)
+    DEFAULT_CHUNK_BYTES, BatchScorer, BlockResult, iter_topk)
 from recsys.serving.reader import BundleData
 
 log = logging.getLogger(__name__)
