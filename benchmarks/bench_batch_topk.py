@@ -19,7 +19,7 @@ fraction of the time)::
     .venv/bin/python benchmarks/bench_batch_topk.py --users 40000 --repeats 3 --with-scoring
     .venv/bin/python benchmarks/bench_batch_topk.py --repeats 1          # the full 400k users
 
-Results also go to ``benchmarks/results/batch_topk.json``.
+Results also go to ``benchmarks/results/batch_topk_<users>x<items>x<dim>.json``.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -131,11 +132,13 @@ def main() -> int:
         print(f"{name:<20} {med:9.1f} {med / gemm:7.2f} {n / med:9.0f}")
     split = {k: statistics.median(s[k] for s in stages) for k in stages[0]}
     print("batch top-K stages (median s): " + ", ".join(f"{k} {v:.1f}" for k, v in split.items()))
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS of this process (vectors, seen matrix and every step included): {peak_mb:.0f} MB")
     out = {"shape": [n, n_items, dim], "k": args.k, "repeats": args.repeats, "block_rows": scorer.block_rows,
            "seconds": {k: statistics.median(v) for k, v in rows.items()}, "all": rows,
            "ratio_to_gemm": {k: statistics.median(v) / gemm for k, v in rows.items()}, "stages": split,
-           "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
-    write_json(ROOT / "benchmarks" / "results" / "batch_topk.json", out)
+           "cpus": os.cpu_count(), "load_avg": os.getloadavg(), "peak_rss_mb": round(peak_mb)}
+    write_json(ROOT / "benchmarks" / "results" / f"batch_topk_{n}x{n_items}x{dim}.json", out)
     ok = out["ratio_to_gemm"]["batch top-K"] <= 2.0
     print(f"target batch top-K <= 2x GEMM: {'met' if ok else 'NOT met'} ({out['ratio_to_gemm']['batch top-K']:.2f}x)")
     return 0

@@ -249,3 +249,15 @@ def test_run_with_a_missing_batch_list_exits_2_before_any_work(tmp_path: Path, c
     code = cli(run_args(tmp_path, out, "--set", f"batch.allow_items=\"{tmp_path / 'nope.txt'}\""))
     assert code == 2 and "[batch] allow_items" in capsys.readouterr().err
     assert not (out / "dataset").exists()
+
+
+def test_cli_without_out_writes_beside_the_bundles_directory(bundle: Path, tmp_path: Path, capsys):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(bundle, root / "bundles" / bundle.name)
+    users = tmp_path / "users.txt"
+    users.write_text("\n".join(sample_users(bundle, 3)))
+    assert cli(["recommend-batch", "--bundle", str(root / "bundles" / bundle.name), "--k", "2", "--users", str(users),
+                "--no-progress"]) == 0, capsys.readouterr().err
+    assert read_lists(root / "batch" / bundle.name).height == 6
