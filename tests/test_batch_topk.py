@@ -120,10 +120,14 @@ def test_unknown_users_get_the_retrievers_popular_fallback(bundle: Path, tmp_pat
 
 
 def test_parts_hold_whole_users_and_match_their_checksums(bundle: Path, tmp_path: Path):
+    from recsys.errors import BundleError
     from recsys.io import sha256_file
+    from recsys.serving.batch import read_batch
 
     res = write_batch_topk(read_bundle(bundle), tmp_path / "out", k=7, rows_per_file=100, users=sample_users(bundle, 40))
     files = res.manifest["files"]
+    manifest, parts = read_batch(res.path)
+    assert manifest == res.manifest and [p.name for p in parts] == sorted(files)
     assert sorted(files) == sorted(p.name for p in res.path.glob("part-*.parquet")) and len(files) == 3
     seen: set[str] = set()
     for name, meta in sorted(files.items()):
@@ -132,6 +136,10 @@ def test_parts_hold_whole_users_and_match_their_checksums(bundle: Path, tmp_path
         users = set(part["user_id"])
         assert not users & seen and (part.group_by("user_id").len()["len"] == 7).all()
         seen |= users
+    part = res.path / "part-00001.parquet"
+    part.write_bytes(part.read_bytes()[:-1] + b"!")  # same size, other bytes
+    with pytest.raises(BundleError, match="sha256"):
+        read_batch(res.path)
 
 
 # -- atomic output -----------------------------------------------------------------------------------

@@ -280,3 +280,31 @@ def default_out(bundle_path: str | os.PathLike, version: str) -> Path:
     b = Path(bundle_path).resolve()
     root = b.parent.parent if b.parent.name == "bundles" else b.parent
     return root / "batch" / version
+
+
+def read_batch(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, Any], list[Path]]:
+    """The manifest and part files of a batch directory, checked against the manifest.
+
+    For consumers (a warehouse load, exposure metrics): every part the manifest lists must
+    exist with its size and, with ``verify``, its sha256, so a copied or truncated batch is
+    refused with a :class:`~recsys.errors.BundleError` naming the file. Read the parts with
+    any parquet reader, e.g. ``polars.scan_parquet(parts)``.
+    """
+    from recsys.errors import BundleError
+    from recsys.io import read_json
+
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise BundleError(f"{path} is not a batch top-K directory: no {MANIFEST}")
+    manifest = read_json(path / MANIFEST)
+    if not isinstance(manifest, dict) or manifest.get("kind") != BATCH_KIND:
+        raise BundleError(f"{path / MANIFEST} is not a batch top-K manifest")
+    parts = []
+    for name, meta in sorted(manifest.get("files", {}).items()):
+        p = path / name
+        if not p.is_file() or p.stat().st_size != meta["bytes"]:
+            raise BundleError(f"{p} is missing or truncated: the manifest lists {meta['bytes']} bytes")
+        if verify and sha256_file(p) != meta["sha256"]:
+            raise BundleError(f"{p} fails its sha256 check: the batch was modified after it was written")
+        parts.append(p)
+    return manifest, parts
