@@ -146,3 +146,27 @@ def test_device_auto_picks_cuda_when_torch_sees_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     assert TwoTowerConfig().device == "auto"
+
+
+def test_the_protocol_tracks_why_training_stopped(step_clock, tmp_path):
+    """`recsys train` / `recsys run`: stop_budget (or stop_patience / stop_epochs) = 1 in MLflow."""
+    import mlflow
+    import polars as pl
+
+    from pipelines.train_two_tower import fit_and_log
+    from recsys.data import Dataset, IdMap
+    from recsys.tracking import local_sqlite_uri
+    from tests.two_tower_fixtures import N_ITEMS
+
+    _, pairs, held, _ = synthetic()
+    is_valid = np.random.default_rng(0).random(pairs.height) < 0.3
+    test = pl.DataFrame({"user_idx": np.arange(N_USERS), "item_idx": held, "weight": np.ones(N_USERS)}, schema=pairs.schema)
+    ds = Dataset({"train": pairs.filter(pl.Series(~is_valid)), "valid": pairs.filter(pl.Series(is_valid)), "test": test,
+                  "test_cold": test.clear()}, IdMap([str(u) for u in range(N_USERS)], "user"),
+                 IdMap([str(i) for i in range(N_ITEMS)], "item"))
+    params = {**FAST, "user_id_dim": 0, "item_features": "none", "max_minutes": 10 / 60}
+    _, run_id, _ = fit_and_log(ds, params, local_sqlite_uri(tmp_path), "tt-budget", tmp_path / "out")
+    m = mlflow.MlflowClient(local_sqlite_uri(tmp_path)).get_run(run_id).data.metrics
+    assert m["stop_budget"] == 1.0 and "stop_epochs" not in m and "stop_patience" not in m
+    assert m["train_minutes"] > 0
+    assert m["valid_best_epoch"] < FAST["epochs"]
