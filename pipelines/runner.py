@@ -148,7 +148,8 @@ class Runner:
                            lambda: steps.promote_step(ctx, ds, export_res.outputs, published["metrics_test"], promo_cfg, gate))
         if promo.outputs["promoted"] and self.cfg.batch.enabled:
             batch_cfg = self.cfg.section("batch")
-            batch = self._step("batch", {"promote": promo.fingerprint, **recommend_batch.step_inputs(batch_cfg)},
+            # keyed on the bundle, not the promotion: registering the same bundle again changes no list
+            batch = self._step("batch", {"export": export_res.fingerprint, **recommend_batch.step_inputs(batch_cfg)},
                                lambda: recommend_batch.batch_step(ctx, export_res.outputs, promo.outputs, batch_cfg))
             self.record["batch"] = batch.outputs
         self.record.update(bundle_version=export_res.outputs["version"], promotion=promo.outputs, metrics=self.metrics)
