@@ -174,7 +174,7 @@ def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None =
             prev.user_vectors if prev.user_vectors is not None else np.zeros((0, prev.item_vectors.shape[1]), np.float32),
             prev.user_map or IdMap([], "user"),
             prev.item_vectors, prev.item_map, prev.foldin,
-            (history["user"].to_list(), history["item"].to_list(), history["weight"].to_numpy()),
+            (history["user"], history["item"], history["weight"].to_numpy()),
             new["user"].unique(maintain_order=True).to_list(), min_count=min_count,
             item_source=prev.item_source, show_progress=show_progress)
         record, metrics = align_metrics_of_update(prev, res, cfg.section("align"), seed=int(cfg.seed))

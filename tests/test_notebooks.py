@@ -35,7 +35,8 @@ RUNNER = _runner()
 
 def test_the_four_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
-    assert names == ["01_data.ipynb", "02_models.ipynb", "03_embeddings.ipynb", "04_retrieval.ipynb"], names
+    assert names == ["01_data.ipynb", "02_models.ipynb", "03_embeddings.ipynb", "04_retrieval.ipynb",
+                     "05_lifelong.ipynb"], names
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

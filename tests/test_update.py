@@ -77,6 +77,29 @@ def test_new_items_below_min_count_wait_and_content_items_get_a_cf_vector():
     assert res.item_source[0] == "cf" and not np.array_equal(res.item_vectors[0], y[0])
 
 
+@pytest.mark.parametrize("scheme", ["log", "binary", "bm25"])
+def test_batched_user_foldin_equals_foldin_user(scheme):
+    import scipy.sparse as sp
+
+    from recsys.lifelong import fold_rows
+    from recsys.models.foldin import FoldIn
+
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(40, 6)).astype(np.float32)
+    extra = {"length_norm": rng.uniform(0.5, 1.5, 40).astype(np.float32)} if scheme == "bm25" else {}
+    spec = FoldInSpec("als", weighting=scheme, alpha=3.0, regularization=0.7, gram=y.T.astype(np.float64) @ y, **extra)
+    m = sp.random(12, 40, density=0.2, format="csr", random_state=4, data_rvs=lambda n: rng.integers(1, 6, n))
+    m[5] = 0  # a user without history
+    m.eliminate_zeros()
+    fold = FoldIn(spec, y)
+    rows = np.arange(12)
+    got, has = fold_rows(fold, m, rows)
+    assert not has[5] and has.sum() == 11
+    for r in np.flatnonzero(has):
+        row = m[r]
+        np.testing.assert_allclose(got[r], fold.user(row.indices, row.data), rtol=1e-5, atol=1e-6)
+
+
 def test_bpr_spec_adds_no_collaborative_items(caplog):
     x, y, _, users, items, base = _toy()
     spec = FoldInSpec("bpr", solver="lstsq")
