@@ -57,7 +57,7 @@ from recsys.models import weighting as _weighting
 
 log = logging.getLogger(__name__)
 
-METHODS = ("mean", "als", "bpr")
+METHODS = ("mean", "als", "bpr", "tower")
 BPR_SOLVERS = ("sgd", "lstsq")
 #: ``format`` written into ``foldin.json``; version 1 (no ``format`` key) had only method, alpha, regularization
 FORMAT = 2
@@ -70,7 +70,10 @@ class FoldInSpec:
 
     Parameters
     ----------
-    method : {"mean", "als", "bpr"}
+    method : {"mean", "als", "bpr", "tower"}
+        ``"tower"``: a two-tower model's id-free, mean-pooling user tower, run in numpy
+        (:mod:`recsys.models.tower_foldin`), so a bundle folds in exactly as the model
+        does without torch.
     weighting : str
         ALS: the training confidence scheme (:data:`recsys.models.weighting.SCHEMES`).
     alpha, regularization : float
@@ -86,6 +89,11 @@ class FoldInSpec:
         ALS with ``bm25``: per-item length normalisation of the training matrix.
     solver, learning_rate, steps, seed
         BPR: ``"sgd"`` or ``"lstsq"``, SGD step size, epochs over the history, and seed.
+    history_len : int
+        Tower: only the last ``history_len`` items of a history count (as in training).
+    tower : mapping of str to array, optional
+        Tower: ``m{k}.emb`` (history embeddings, row 0 = padding), ``m{k}.w{l}`` /
+        ``m{k}.b{l}`` (the MLP's linear layers) of each ensemble member ``k``.
     """
 
     method: str = "mean"
@@ -100,8 +108,10 @@ class FoldInSpec:
     learning_rate: float = 0.01
     steps: int = 50
     seed: int = 42
+    history_len: int = 0
     gram: np.ndarray | None = None
     length_norm: np.ndarray | None = None
+    tower: Mapping[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -115,6 +125,9 @@ class FoldInSpec:
             raise InputError(f"als fold-in needs alpha > 0, got {self.alpha!r}")
         if self.method == "bpr" and self.solver not in BPR_SOLVERS:
             raise InputError(f"bpr fold-in solver must be one of {BPR_SOLVERS}, got {self.solver!r}")
+        if self.method == "tower" and not (self.tower and "m0.emb" in self.tower and self.history_len > 0):
+            raise InputError("tower fold-in needs the tower arrays (m0.emb, m0.w0, ...) and history_len > 0; "
+                             "build the spec with model.foldin_spec()")
         if self.weighting == "bm25" and self.method == "als" and self.length_norm is None:
             raise InputError("als fold-in with bm25 weighting needs the training length_norm; "
                              "build the spec with model.foldin_spec()")
@@ -123,7 +136,7 @@ class FoldInSpec:
         """The scalar fields (``foldin.json``); arrays go to :meth:`arrays` (``foldin.npz``)."""
         out: dict[str, Any] = {"format": FORMAT}
         for f in dataclasses.fields(self):
-            if f.name not in _ARRAYS:
+            if f.name not in _ARRAYS and f.name != "tower":
                 v = getattr(self, f.name)
                 out[f.name] = v.item() if isinstance(v, np.generic) else v
         out["arrays"] = sorted(self.arrays())
@@ -131,7 +144,9 @@ class FoldInSpec:
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The array fields that are set, by name."""
-        return {n: np.asarray(getattr(self, n)) for n in _ARRAYS if getattr(self, n) is not None}
+        out = {n: np.asarray(getattr(self, n)) for n in _ARRAYS if getattr(self, n) is not None}
+        out.update({f"tower.{k}": np.asarray(v) for k, v in (self.tower or {}).items()})
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> FoldInSpec:
@@ -143,7 +158,7 @@ class FoldInSpec:
         """
         if not isinstance(data, Mapping):
             raise InputError(f"a fold-in spec must be an object, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)} - set(_ARRAYS)
+        names = {f.name for f in dataclasses.fields(cls)} - set(_ARRAYS) - {"tower"}
         unknown = set(data) - names - {"format", "arrays"}
         if unknown:
             raise InputError(f"unknown fold-in spec keys {sorted(unknown)}; written by a newer recsys?")
@@ -154,6 +169,8 @@ class FoldInSpec:
         for name, arr in (arrays or {}).items():
             if name in _ARRAYS:
                 kw[name] = np.asarray(arr)
+            elif name.startswith("tower."):
+                kw.setdefault("tower", {})[name[len("tower."):]] = np.asarray(arr)
         return cls(**kw)
 
 
@@ -238,6 +255,8 @@ class FoldIn:
             return np.linalg.solve(a, y.T @ c).astype(np.float32)
         if s.method == "bpr":
             return _bpr_user(s, self.item_vectors, idx)
+        if s.method == "tower":
+            return tower_user(s.tower, _ordered(items, self.n_items)[-s.history_len:])  # type: ignore[arg-type]
         v = (w[:, None].astype(np.float64) * self.item_vectors[idx]).sum(0) / max(float(w.sum()), 1e-12)
         return np.asarray(v, np.float32)
 
@@ -272,6 +291,34 @@ class FoldIn:
         x = x_all[idx]
         a = gram + float(s.regularization) * np.eye(x_all.shape[1]) + (x.T * (c - 1.0)) @ x
         return np.linalg.solve(a, x.T @ c).astype(np.float32)
+
+
+def tower_user(tower: Mapping[str, np.ndarray], items: np.ndarray) -> np.ndarray:
+    """The user vector of an id-free, mean-pooling two-tower user tower, in numpy.
+
+    Mirrors :class:`recsys.models.towers.UserTower` (mean of the history embeddings ->
+    ``Linear -> ReLU`` ... ``-> Linear`` -> L2 normalisation) and
+    :class:`~recsys.models.towers.ConcatTower` for ensembles (members concatenated and
+    scaled by ``1/sqrt(K)``), so a bundle folds in without torch.
+    """
+    members = sorted({k.split(".")[0] for k in tower})
+    out = []
+    for m in members:
+        x = np.asarray(tower[f"{m}.emb"][items + 1], np.float64).mean(0)  # row 0 is the padding row
+        n_layers = sum(1 for k in tower if k.startswith(f"{m}.w"))
+        for layer in range(n_layers):
+            x = np.asarray(tower[f"{m}.w{layer}"], np.float64) @ x + tower[f"{m}.b{layer}"]
+            if layer < n_layers - 1:
+                x = np.maximum(x, 0.0)
+        out.append(x / max(float(np.linalg.norm(x)), 1e-12))
+    return (np.concatenate(out) / np.sqrt(len(out))).astype(np.float32)
+
+
+def _ordered(items: Any, n_items: int) -> np.ndarray:
+    """A history's item indices in the caller's order (oldest first), validated, duplicates kept."""
+    idx = np.atleast_1d(np.asarray(items)).astype(np.int64).ravel()
+    check_history(idx, None, n_items)
+    return idx
 
 
 def _bpr_user(s: FoldInSpec, vectors: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -36,6 +36,8 @@ from recsys.device import resolve_device
 from recsys.errors import ConfigError, InputError
 from recsys.io import load_npz, save_npz
 from recsys.models.base import FactorModel
+from recsys.models.foldin import FoldInSpec
+from recsys.models.tower_foldin import tower_foldin_spec
 from recsys.models.two_tower_config import TwoTowerConfig
 from recsys.models.two_tower_data import build_train_data, pad_histories, user_balance_weights
 from recsys.progress import Deadline, format_seconds
@@ -275,6 +277,15 @@ class TwoTower(FactorModel):
         if items.size == 0:
             raise InputError("cannot fold in a user with an empty history; use a popularity fallback")
         return self.user_vectors_from_history([items])[0]
+
+    def foldin_spec(self) -> FoldInSpec:
+        """How a bundle folds in a new user: this model's user tower in numpy (``"tower"``), exactly.
+
+        Falls back to ``"mean"`` (mean of the item vectors, an approximation) for towers that
+        need user ids, attention pooling or user features (:mod:`recsys.models.tower_foldin`).
+        """
+        self._check_net()
+        return tower_foldin_spec(self.net_.user_tower, self.config.history_len)
 
     # -- persistence -----------------------------------------------------------------------
     @property
