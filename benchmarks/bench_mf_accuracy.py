@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipelines.train import load_config, tuning_settings  # noqa: E402
-from recsys.data.interactions import frame_to_csr  # noqa: E402
 from recsys.data.splits import SplitConfig, split  # noqa: E402
 from recsys.evaluation import evaluate, format_table  # noqa: E402
 from recsys.models import ALS  # noqa: E402
-from recsys.tuning import select_and_fit  # noqa: E402
+from recsys.data.dataset import Dataset  # noqa: E402
+from recsys.data.idmap import IdMap  # noqa: E402
+from recsys.training import train_and_evaluate  # noqa: E402
 
 ML100K = ROOT.parent / "shared" / "data" / "movielens-100k"
 ML_SMALL = ROOT / "data" / "movielens-latest-small"
@@ -46,17 +47,20 @@ IMPLICIT_DEFAULT = {"factors": 100, "regularization": 0.01, "alpha": 1.0, "itera
 METRICS = ("precision@10", "recall@10", "ndcg@10", "map@10")
 
 
-def load(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, test_frac: float, valid_frac: float, seed: int) -> dict:
+def load(users: np.ndarray, items: np.ndarray, ratings: np.ndarray, test_frac: float, valid_frac: float, seed: int) -> Dataset:
+    """The ratings as a :class:`Dataset` (ids are contiguous ranks) with a seeded per-user split."""
     uid = pl.Series(users).rank("dense").cast(pl.Int32) - 1
     iid = pl.Series(items).rank("dense").cast(pl.Int32) - 1
     df = pl.DataFrame({"user_idx": uid, "item_idx": iid, "weight": pl.Series(ratings, dtype=pl.Float32)})
-    shape = (int(uid.max()) + 1, int(iid.max()) + 1)
+    n_users, n_items = int(uid.max()) + 1, int(iid.max()) + 1
     parts = split(df, SplitConfig(strategy="random", test_frac=test_frac, valid_frac=valid_frac, seed=seed))
-    return {k: frame_to_csr(v, shape, "weight") for k, v in parts.items() if k != "test_cold"}
+    return Dataset(parts, IdMap([str(i) for i in range(n_users)], "user"), IdMap([str(i) for i in range(n_items)], "item"),
+                   pl.DataFrame({"item_idx": np.arange(n_items, dtype=np.int32)}), {"split": {"seed": seed}})
 
 
-def run_dataset(name: str, m: dict, config: Path, models: list[str], quick: bool, seed: int) -> dict:
-    train, valid, test = m["train"], m["valid"], m["test"]
+def run_dataset(name: str, ds: Dataset, config: Path, models: list[str], quick: bool, seed: int) -> dict:
+    """implicit's defaults on train + valid, then each family through the training protocol (select on valid, test)."""
+    train, valid, test = ds.matrix("train"), ds.matrix("valid"), ds.matrix("test")
     full = (train + valid).tocsr()
     log = logging.getLogger("bench")
     log.info("%s: %s users x items, train %d valid %d test %d", name, train.shape, train.nnz, valid.nnz, test.nnz)
@@ -73,10 +77,11 @@ def run_dataset(name: str, m: dict, config: Path, models: list[str], quick: bool
             space = {k: (v[:2] if isinstance(v, list) else v) for k, v in space.items()}
             space["iterations"] = min(int(space.get("iterations", 10)), 10 if model == "als" else 40)
         t0 = time.perf_counter()
-        res = select_and_fit(model, train, valid, test, space, ks=(10,), show_progress=False, **settings)
-        rows[f"{model.upper()} tuned (ours)"] = {**res.metrics_test, "valid ndcg@10": res.best.score, "seconds": time.perf_counter() - t0}
-        best[model] = {"params": res.params, "valid_ndcg@10": res.best.score, "test": res.metrics_test, "trials": len(res.trials)}
-        log.info("%s %s best %s (valid %.4f, test %.4f)", name, model, res.params, res.best.score, res.metrics_test["ndcg@10"])
+        res = train_and_evaluate(ds, model, space=space, tuning=settings, ks=(10,), show_progress=False)
+        score = res.metrics_valid.get(settings.get("metric", "ndcg@10"), float("nan"))
+        rows[f"{model.upper()} tuned (ours)"] = {**res.metrics_test, "valid ndcg@10": score, "seconds": time.perf_counter() - t0}
+        best[model] = {"params": res.params, "valid_ndcg@10": score, "test": res.metrics_test, "trials": len(res.trials)}
+        log.info("%s %s best %s (valid %.4f, test %.4f)", name, model, res.params, score, res.metrics_test["ndcg@10"])
     return {"rows": rows, "best": best}
 
 
