@@ -38,6 +38,7 @@ MODELS: dict[str, Callable[[], Recommender]] = {
     "ALS": _optional("recsys.models.als", "ALS", factors=8, iterations=3, num_threads=1, random_state=0),
     "BPR": _optional("recsys.models.bpr", "BPR", factors=8, iterations=5, num_threads=1, random_state=0),
     "TwoTower": _optional("recsys.models.two_tower", "TwoTower", dim=8, epochs=1, batch_size=64, seed=0, device="cpu"),
+    "Item2Vec": _optional("recsys.models.item2vec", "Item2Vec", dim=8, epochs=2, window=2, seed=0),
 }
 
 
@@ -56,7 +57,7 @@ def test_contract_on_synthetic_edge_cases(name):
     check_recommender_contract(MODELS[name], _synthetic(), k=10)
 
 
-@pytest.mark.parametrize("name", ["MostPopular", "ItemKNN", "ALS", "BPR"])
+@pytest.mark.parametrize("name", ["MostPopular", "ItemKNN", "ALS", "BPR", "Item2Vec"])
 def test_contract_on_movielens_small(name, ml_small):
     check_recommender_contract(MODELS[name], ml_small.matrix("train"), k=20)
 

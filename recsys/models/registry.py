@@ -351,5 +351,9 @@ for _f in (
                 protocol="recsys.training_two_tower:select_on_validation",
                 protocol_params={"item_features": "auto", "refit_on_valid": True}, refit_on_all=False,
                 description="PyTorch two-tower with in-batch softmax; history-pooled users"),
+    ModelFamily("item2vec", "recsys.models.item2vec:Item2Vec", vectors=True, fold_in=True,
+                params="recsys.models.item2vec:Item2VecParams",
+                protocol="recsys.models.item2vec:select_on_validation", refit_on_all=False,
+                description="skip-gram with negative sampling over time-ordered histories; mean-pooled users"),
 ):
     register(_f)
