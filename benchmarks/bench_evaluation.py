@@ -208,15 +208,32 @@ class OldRecommend(FixedVectors):
         return ids, out
 
 
-def gemm_seconds(users: np.ndarray, items: np.ndarray, rows: np.ndarray) -> float:
+class Clock:
+    """Wall and CPU seconds (every thread of the process) of what runs inside ``with``.
+
+    CPU time is reported next to wall time because this machine is shared: when other jobs
+    hold the cores, wall time measures the queue as much as the code.
+    """
+
+    def __init__(self) -> None:
+        self.wall = self.cpu = 0.0
+
+    def __enter__(self) -> Clock:
+        self._w, self._c = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall += time.perf_counter() - self._w
+        self.cpu += time.process_time() - self._c
+
+
+def gemm_block_scores(users: np.ndarray, items: np.ndarray, rows: np.ndarray) -> None:
     """The scoring GEMM alone over ``rows``, in 256 MiB blocks into one preallocated buffer."""
     step = rows_per_block(len(items))
     buf = np.empty((step, len(items)), np.float32)
-    t = time.perf_counter()
     for s in range(0, len(rows), step):
         b = rows[s : s + step]
         np.matmul(users[b], items.T, out=buf[: len(b)])
-    return time.perf_counter() - t
 
 
 def scale_main(args: argparse.Namespace) -> int:
@@ -231,37 +248,37 @@ def scale_main(args: argparse.Namespace) -> int:
     evaluated = np.flatnonzero(np.diff(test.indptr) > 0)
     rounds = np.array_split(evaluated, args.rounds)
     old_per_round = max(1, args.old_users // args.rounds)
-    t_gemm = t_new = t_old = t_new_sub = 0.0
+    c_gemm, c_new, c_old, c_new_sub = Clock(), Clock(), Clock(), Clock()
     n_old = 0
     sums: dict[str, float] = {}
     n_total = 0
     for i, r in enumerate(rounds):
-        t_gemm += gemm_seconds(uvec, ivec, r)
-        t = time.perf_counter()
-        res = evaluate(new, train, test, ks=KS, users=r, item_popularity=pop, show_progress=False)
-        t_new += time.perf_counter() - t
+        with c_gemm:
+            gemm_block_scores(uvec, ivec, r)
+        with c_new:
+            res = evaluate(new, train, test, ks=KS, users=r, item_popularity=pop, show_progress=False)
         for key in ("ndcg@10", "recall@10", "precision@10", "map@10", "mrr"):
             sums[key] = sums.get(key, 0.0) + res[key] * res["n_users"]
         n_total += res["n_users"]
         sub = r[:old_per_round]
         if args.old_users:
-            t = time.perf_counter()
-            a = evaluate(old, train, test, ks=KS, users=sub, item_popularity=pop, batch_size=1024, show_progress=False)
-            t_old += time.perf_counter() - t
-            t = time.perf_counter()
-            b = evaluate(new, train, test, ks=KS, users=sub, item_popularity=pop, show_progress=False)
-            t_new_sub += time.perf_counter() - t
+            with c_old:
+                a = evaluate(old, train, test, ks=KS, users=sub, item_popularity=pop, batch_size=1024,
+                             show_progress=False)
+            with c_new_sub:
+                b = evaluate(new, train, test, ks=KS, users=sub, item_popularity=pop, show_progress=False)
             n_old += len(sub)
             if abs(a["ndcg@10"] - b["ndcg@10"]) > 1e-9:
                 raise SystemExit(f"old and new evaluation differ: ndcg@10 {a['ndcg@10']} vs {b['ndcg@10']}")
-        print(f"  round {i + 1}/{len(rounds)}: {len(r)} users, gemm {t_gemm:.1f} s, new {t_new:.1f} s, "
-              f"old {t_old:.1f} s on {n_old} users (cumulative); load {os.getloadavg()[0]:.1f}", flush=True)
+        print(f"  round {i + 1}/{len(rounds)}: {len(r)} users, wall (cpu) s: gemm {c_gemm.wall:.1f} ({c_gemm.cpu:.1f}), "
+              f"new {c_new.wall:.1f} ({c_new.cpu:.1f}), old {c_old.wall:.1f} ({c_old.cpu:.1f}) on {n_old} users "
+              f"(cumulative); load {os.getloadavg()[0]:.1f}", flush=True)
     full = {k: v / n_total for k, v in sums.items()}
-    old_full = t_old / max(n_old, 1) * n_total if args.old_users else float("nan")
-    t = time.perf_counter()
-    sample = sample_users(test, args.sample, seed=args.seed)
-    samp = evaluate(new, train, test, ks=KS, users=sample, item_popularity=pop, show_progress=False)
-    t_sample = time.perf_counter() - t
+    scale_old = n_total / max(n_old, 1)
+    c_sample = Clock()
+    with c_sample:
+        sample = sample_users(test, args.sample, seed=args.seed)
+        samp = evaluate(new, train, test, ks=KS, users=sample, item_popularity=pop, show_progress=False)
     checks = []
     for key, v in full.items():
         z = (samp[key] - v) / samp[f"{key}_se"]
@@ -269,18 +286,21 @@ def scale_main(args: argparse.Namespace) -> int:
 
     print(f"\nevaluation at {n_users} users x {n_items} items (dim {args.dim}, ks {KS}, {n_total} users with test "
           f"items, {len(rounds)} interleaved rounds)")
-    print(f"{'path':<44} {'seconds':>9} {'x GEMM':>7} {'users/s':>9}")
-    rows = [("scoring GEMM alone (256 MiB blocks)", t_gemm, n_total),
-            ("new evaluate (recsys.ranking.topk_batch)", t_new, n_total),
-            (f"old evaluate, extrapolated from {n_old} users", old_full, n_total),
-            (f"  old evaluate on those {n_old} users", t_old, n_old),
-            (f"  new evaluate on those {n_old} users", t_new_sub, n_old),
-            (f"new evaluate on a sample of {len(sample)} users", t_sample, len(sample))]
-    for name, sec, n in rows:
-        base = t_gemm * n / n_total
-        print(f"{name:<44} {sec:>9.1f} {sec / base:>6.2f}x {n / sec:>9.0f}")
-    print(f"ratio new / GEMM = {t_new / t_gemm:.2f} (target <= 2.0); old / new = {t_old / max(t_new_sub, 1e-9):.1f}x "
-          f"on the same {n_old} users")
+    print(f"{'path':<44} {'wall s':>8} {'x GEMM':>7} {'cpu s':>8} {'x GEMM':>7} {'users/s':>8}")
+    nan = float("nan")
+    rows = [("scoring GEMM alone (256 MiB blocks)", c_gemm.wall, c_gemm.cpu, n_total),
+            ("new evaluate (recsys.ranking.topk_batch)", c_new.wall, c_new.cpu, n_total),
+            (f"old evaluate, extrapolated from {n_old} users", c_old.wall * scale_old if n_old else nan,
+             c_old.cpu * scale_old if n_old else nan, n_total),
+            (f"  old evaluate on those {n_old} users", c_old.wall, c_old.cpu, n_old),
+            (f"  new evaluate on those {n_old} users", c_new_sub.wall, c_new_sub.cpu, n_old),
+            (f"new evaluate on a sample of {len(sample)} users", c_sample.wall, c_sample.cpu, len(sample))]
+    for name, wall, cpu, n in rows:
+        share = n / n_total
+        print(f"{name:<44} {wall:>8.1f} {wall / (c_gemm.wall * share):>6.2f}x {cpu:>8.1f} "
+              f"{cpu / (c_gemm.cpu * share):>6.2f}x {n / wall if wall else nan:>8.0f}")
+    print(f"ratio new / GEMM = {c_new.wall / c_gemm.wall:.2f} wall, {c_new.cpu / c_gemm.cpu:.2f} cpu (target <= 2.0); "
+          f"old / new = {c_old.wall / max(c_new_sub.wall, 1e-9):.1f}x wall on the same {n_old} users")
     print(f"\nsampled ({len(sample)} users, seed {args.seed}) vs full metrics:")
     print(f"{'metric':<14} {'full':>8} {'sample':>8} {'se':>8} {'z':>6}")
     for c in checks:
@@ -288,9 +308,13 @@ def scale_main(args: argparse.Namespace) -> int:
               f"{'' if c['ok'] else '  OUTSIDE 2 SE'}")
     write_json(ROOT / "benchmarks" / "results" / f"evaluation_scale_{n_users}x{n_items}.json", {
         "shape": [n_users, n_items], "dim": args.dim, "ks": KS, "users_evaluated": n_total, "rounds": len(rounds),
-        "gemm_s": t_gemm, "new_s": t_new, "old_extrapolated_s": old_full, "old_users": n_old, "old_s": t_old,
-        "new_same_users_s": t_new_sub, "sample_users": int(len(sample)), "sample_s": t_sample,
-        "ratio_new_gemm": t_new / t_gemm, "sample_checks": checks, "cpus": os.cpu_count(),
+        "wall_s": {"gemm": c_gemm.wall, "new": c_new.wall, "old": c_old.wall, "new_same_users": c_new_sub.wall,
+                   "sample": c_sample.wall},
+        "cpu_s": {"gemm": c_gemm.cpu, "new": c_new.cpu, "old": c_old.cpu, "new_same_users": c_new_sub.cpu,
+                  "sample": c_sample.cpu},
+        "old_users": n_old, "sample_users": int(len(sample)), "ratio_new_gemm_wall": c_new.wall / c_gemm.wall,
+        "ratio_new_gemm_cpu": c_new.cpu / c_gemm.cpu, "sample_checks": checks, "cpus": os.cpu_count(),
+        "load_average_end": os.getloadavg()[0],
         "python": platform.python_version(), "machine": platform.machine(),
     })
     return 0 if all(c["ok"] for c in checks) else 1
