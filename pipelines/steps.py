@@ -101,7 +101,7 @@ def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], 
     res = train_model(ds, name, plan.params, tracking_uri=ctx.tracking_uri, experiment=ctx.experiment, out_dir=model_dir,
                       tune=plan.space is not None, space=plan.space, tuning=plan.settings,
                       show_progress=ctx.show_progress, tags={"tuning": plan.status}, evaluation=eval_samples(ctx))
-    tuning_info: dict[str, Any] = {"status": plan.status, "key": plan.key,
+    tuning_info: dict[str, Any] = {"status": plan.status, "key": plan.key, "reason": plan.reason,
                                    "seed": plan.settings.get("seed", (plan.hit or {}).get("seed"))}
     if plan.status == "search":
         best = max(res.trials, key=lambda t: t.score)

@@ -10,7 +10,8 @@ a fixed wall-clock budget buys far more useful trials.
 This module holds what the search needs and nothing else (no fitting, no I/O):
 
 * the ``[models.<family>.tune]`` table: :data:`SETTINGS` (``budget_minutes``,
-  ``max_trials``, ``seed``, ``method``, ``enabled``, ``pruning``) and a search space whose
+  ``max_trials``, ``seed``, ``method``, ``enabled``, ``pruning``, ``min_train_interactions``)
+  and a search space whose
   entries are a fixed scalar, a list of choices or a range ``{low, high, log, step}``
   (:func:`split_tune_table`, :func:`parse_space`, :func:`validate_tune_table`);
 * :func:`run_study`: the Optuna study; the caller passes ``run_trial`` (the protocol's
@@ -40,7 +41,7 @@ from recsys.errors import ConfigError
 log = logging.getLogger(__name__)
 
 #: keys of a ``tune`` table that configure the search rather than name a parameter
-SETTINGS = ("budget_minutes", "max_trials", "seed", "method", "enabled", "pruning")
+SETTINGS = ("budget_minutes", "max_trials", "seed", "method", "enabled", "pruning", "min_train_interactions")
 #: search methods: ``grid`` (every combination, :func:`recsys.tuning.sample_grid`) or ``tpe``
 METHODS = ("auto", "grid", "tpe")
 #: defaults of a TPE search when the table names neither a budget nor a trial cap
@@ -210,7 +211,8 @@ def check_settings(settings: Mapping[str, Any], where: str = "[tune]") -> dict[s
     ------
     ConfigError
         ``budget_minutes`` not a positive number, ``max_trials`` not a positive integer,
-        an unknown ``method``, a non-integer ``seed`` or a non-boolean ``enabled``/``pruning``.
+        an unknown ``method``, a non-integer ``seed``, a negative ``min_train_interactions``
+        or a non-boolean ``enabled``/``pruning``.
     """
     out = dict(settings)
     b = out.get("budget_minutes")
@@ -220,9 +222,10 @@ def check_settings(settings: Mapping[str, Any], where: str = "[tune]") -> dict[s
     n = out.get("max_trials")
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n <= 0):
         raise ConfigError(f"{where} max_trials = {n!r}: must be a positive integer")
-    s = out.get("seed")
-    if s is not None and (isinstance(s, bool) or not isinstance(s, int)):
-        raise ConfigError(f"{where} seed = {s!r}: must be an integer")
+    for key in ("seed", "min_train_interactions"):
+        v = out.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or (key != "seed" and v < 0)):
+            raise ConfigError(f"{where} {key} = {v!r}: must be an integer" + (" >= 0" if key != "seed" else ""))
     m = out.get("method", "auto")
     if m not in METHODS:
         raise ConfigError(f"{where} method = {m!r}: must be one of {list(METHODS)}")

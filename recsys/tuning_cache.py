@@ -141,6 +141,7 @@ class TunePlan:
     key: str | None = None
     record: dict[str, Any] = field(default_factory=dict)
     hit: dict[str, Any] | None = None
+    reason: str | None = None  # why there is no search although a tune table is given
 
     @property
     def status(self) -> str:
@@ -161,7 +162,9 @@ def plan_tuning(dataset: Any, family: Any, params: Mapping[str, Any], tune: Mapp
     params : mapping
         The family's fixed parameters (part of the lineage: changing them re-tunes).
     tune : mapping or None
-        The ``[models.<family>.tune]`` table; ``None`` or ``enabled = false``: no tuning.
+        The ``[models.<family>.tune]`` table; ``None`` or ``enabled = false``: no tuning;
+        ``min_train_interactions``: no search on a smaller training split (its validation
+        split is too small for a search to beat the configured parameters reliably).
     cache : TuningCache or None
         ``None`` always searches (and stores nothing).
     retune : bool
@@ -174,11 +177,17 @@ def plan_tuning(dataset: Any, family: Any, params: Mapping[str, Any], tune: Mapp
     settings, space = autotune.split_tune_table(tune)
     settings.pop("enabled", None)
     settings.setdefault("seed", int(seed))
+    n_train = dataset.matrix("train").nnz
+    floor = int(settings.pop("min_train_interactions", 0) or 0)
+    if n_train < floor:
+        log.info("%s: %d training interactions < min_train_interactions = %d: no search, the configured "
+                 "parameters are used", family.name, n_train, floor)
+        return TunePlan(dict(params), reason=f"{n_train} training interactions < min_train_interactions {floor}")
     if not space:  # settings only: the family's default space, searched by TPE
         space = autotune.default_space(family)
         settings.setdefault("method", "tpe")
     n_users, n_items = dataset.n_users, dataset.n_items
-    bucket = size_bucket(dataset.matrix("train").nnz, n_users, n_items)
+    bucket = size_bucket(n_train, n_users, n_items)
     record = lineage(family.name, dataset_schema(getattr(dataset, "manifest", None)), bucket, params,
                      {**tune, "seed": settings["seed"]})
     key = lineage_key(record)

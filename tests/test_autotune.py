@@ -109,6 +109,7 @@ def test_settings_only_search_uses_the_family_default_space() -> None:
     ({"regularization": {"low": 0, "high": 1, "log": True}}, "log range needs low > 0"),
     ({"factorz": {"low": 8, "high": 16}}, "did you mean 'factors'"),
     ({"method": "bayes"}, "method = 'bayes'"),
+    ({"min_train_interactions": -5}, "min_train_interactions = -5"),
 ])
 def test_bad_tune_tables_are_refused_naming_the_key(tune: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -186,6 +187,8 @@ def test_schema_change_or_size_jump_means_a_new_search(data: Dataset, tmp_path: 
     assert plan_tuning(data, fam, {**BASE, "alpha": 3.0}, TUNE, cache, seed=1).status == "search"
     assert plan_tuning(data, fam, BASE, {**TUNE, "max_trials": 9}, cache, seed=1).status == "search"
     assert plan_tuning(data, fam, BASE, {**TUNE, "enabled": False}, cache).status == "off"
+    small = plan_tuning(data, fam, BASE, {**TUNE, "min_train_interactions": 10**6}, cache)
+    assert small.status == "off" and "min_train_interactions" in small.reason and small.settings == {}
 
 
 def test_damaged_cache_file_is_a_miss_not_a_crash(data: Dataset, tmp_path: Path) -> None:
