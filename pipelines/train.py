@@ -184,6 +184,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment", help="MLflow experiment (default recsys-<dataset name>)")
     parser.add_argument("--dataset-name", help="name used in tags and the experiment (default: the directory name)")
     parser.add_argument("--no-progress", action="store_true", help="disable progress bars")
+    parser.add_argument("--valid-users", type=int, default=0, metavar="N",
+                        help="validate (trials, curves) on a fixed seeded sample of N users (default 0: every user)")
+    parser.add_argument("--test-users", type=int, default=0, metavar="N", help="test on N sampled users (0: every user)")
+    parser.add_argument("--sample-seed", type=int, default=0, help="seed of the user samples (default 0)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -202,6 +206,8 @@ def main(args: argparse.Namespace) -> int:
     tune = bool(train_cfg.get("tune", False) if args.tune is None else args.tune)
     if tune and not space:
         raise ConfigError(f"--tune needs a search space: add a [tuning.{model_name}] table to the config")
+    if min(args.valid_users, args.test_users) < 0:
+        raise ConfigError("--valid-users and --test-users must be >= 0 (0 = every user)")
     out = Path(args.out) if args.out else Path("runs") / "train" / model_name
     res = train_model(
         args.dataset,
@@ -215,6 +221,7 @@ def main(args: argparse.Namespace) -> int:
         tuning=settings,
         dataset_name=args.dataset_name,
         show_progress=not args.no_progress,
+        evaluation={"valid_users": args.valid_users, "test_users": args.test_users, "sample_seed": args.sample_seed},
     )
     shown = {k: round(v, 4) for k, v in res.metrics_test.items() if k in ("ndcg@10", "precision@10", "recall@10", "map@10")}
     log.info("%s: run %s, params %s, test %s, artifacts in %s", model_name, res.run_id, res.params, shown, res.out_dir)

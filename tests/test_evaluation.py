@@ -541,3 +541,19 @@ def test_train_model_logs_the_sample_its_standard_errors_and_user_counts_to_mlfl
     assert m["test_n_users"] == res.metrics_test["n_users"] > 120
     assert m["test_ndcg_at_10_se"] == pytest.approx(res.metrics_test["ndcg@10_se"]) and m["valid_ndcg_at_10_se"] > 0
     assert json.loads((tmp_path / "out" / "config.json").read_text())["evaluation"] == ev
+
+
+def test_recsys_train_validates_on_the_sampled_users_and_refuses_a_negative_size(ml_small_dataset_dir, tmp_path,
+                                                                               monkeypatch):
+    import json
+
+    from pipelines import cli
+    from tests.mf_fixtures import fresh_store
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", fresh_store(tmp_path))
+    base = ["train", "--dataset", str(ml_small_dataset_dir), "--model", "most-popular", "--out", "out", "--no-progress"]
+    assert cli.main([*base, "--valid-users", "-1"]) == 2
+    assert cli.main([*base, "--valid-users", "50", "--sample-seed", "4"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["valid"]["n_users"] == 50 and metrics["test"]["n_users"] > 50
