@@ -208,6 +208,16 @@ class Deadline:
         """An even share of what is left among ``parts`` consumers (``None`` without a budget)."""
         return None if self.seconds is None else self.remaining() / max(int(parts), 1)
 
+    def part(self, parts: int) -> Deadline:
+        """A deadline starting now with :meth:`share` ``(parts)`` seconds, on the same clock.
+
+        A share of 0 s stays a (spent) budget, never "unlimited".
+        """
+        share = self.share(parts)
+        d = Deadline(None, clock=self.clock)
+        d.seconds = share
+        return d
+
 
 def _is_terminal() -> bool:
     try:

@@ -65,8 +65,10 @@ def test_deadline_shares_what_is_left_and_unlimited_never_expires():
     d = Deadline(100, clock=clock)
     clock.t = 40
     assert d.remaining() == 60 and d.share(3) == 20 and d.fits(60) and not d.fits(61) and not d.expired()
+    part = d.part(2)
+    assert part.seconds == 30 and part.remaining() == 30
     clock.t = 100
-    assert d.expired()
+    assert d.expired() and d.part(2).limited and d.part(2).expired()  # a spent share is not "no budget"
     free = Deadline(None, clock=clock)
     assert not free.limited and not free.expired() and free.share(2) is None and free.fits(1e12)
 

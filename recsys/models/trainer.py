@@ -128,6 +128,7 @@ class Trainer:
         checkpoint_dir: str | os.PathLike | None = None,
         checkpoint_config: Mapping[str, Any] | None = None,
         show_progress: bool = False,
+        deadline: Deadline | None = None,
     ) -> list[dict[str, float]]:
         """Train for ``config.epochs`` epochs (fewer with early stopping or a budget); returns per-epoch metrics.
 
@@ -136,7 +137,7 @@ class Trainer:
         training stops after ``config.patience`` evaluations without improvement.
         ``checkpoint_dir`` receives the best weights each time they improve (main rank only).
 
-        Budget (``config.max_minutes``, seconds from the start of this call): with
+        Budget (``deadline``, default ``config.max_minutes`` from the start of this call): with
         validation, an epoch is not started when the last one (training + validation) would
         not fit in what is left, since an unvalidated epoch is thrown away; without it,
         training runs to the deadline, stopping mid-epoch. Either way the weights kept are
@@ -147,7 +148,8 @@ class Trainer:
         ``"budget"``.
         """
         cfg = self.cfg
-        deadline = Deadline(_budget_seconds(cfg), clock=_clock)
+        if deadline is None:
+            deadline = Deadline(_budget_seconds(cfg), clock=_clock)
         batches = PairBatches(
             data, cfg.batch_size, cfg.seed, user_id_dropout=cfg.user_id_dropout, item_id_dropout=cfg.item_id_dropout,
             history_dropout=cfg.history_dropout, short_history=cfg.short_history,

@@ -53,11 +53,6 @@ __all__ = ["TwoTower", "TwoTowerConfig", "user_balance_weights"]
 _NET = "net."  # prefix of the net's tensors inside a saved .npz
 
 
-def _minutes(seconds: float | None) -> float | None:
-    """A budget share in seconds as ``max_minutes`` (``None`` stays "no budget"; 0 s is not)."""
-    return None if seconds is None else max(seconds, 1e-6) / 60.0
-
-
 class TwoTower(FactorModel):
     """Two-tower retrieval model; hyperparameters are the fields of :class:`TwoTowerConfig`.
 
@@ -139,10 +134,7 @@ class TwoTower(FactorModel):
         log.info("two-tower: training on %s (device=%r)", self.device_, cfg.device)
         torch.manual_seed(cfg.seed)  # same initial weights on every rank and every run
         self.net_ = build_member(self._arch, cfg, item_features).to(self.device_)  # member 0: validated, early-stopped
-        # the budget covers every member: each gets an even share of what is left when it
-        # starts, so time member 0 leaves unused (early stopping) goes to the others
-        member_cfg = dataclasses.replace(cfg, max_minutes=_minutes(deadline.share(cfg.ensemble)))
-        trainer = Trainer(self.net_, member_cfg, self.device_, DistInfo.current())
+        trainer = Trainer(self.net_, cfg, self.device_, DistInfo.current())
         evaluate = None
         if validation is not None:
 
@@ -151,7 +143,10 @@ class TwoTower(FactorModel):
                 return validation(self)
 
         member_config = {"config": {**self.get_params(), "ensemble": 1}, "arch": self._arch}
-        self.history_ = trainer.fit(data, evaluate, on_epoch, checkpoint_dir, member_config, cfg.show_progress)
+        # the budget covers every member: each gets an even share of what is left when it
+        # starts, so time member 0 leaves unused (early stopping) goes to the others
+        self.history_ = trainer.fit(data, evaluate, on_epoch, checkpoint_dir, member_config, cfg.show_progress,
+                                    deadline=deadline.part(cfg.ensemble))  # fmt: skip
         self.best_epoch_, self.best_score_ = trainer.best_epoch, trainer.best_score
         self.stop_reason_ = trainer.stop_reason
         if cfg.ensemble > 1:
@@ -180,14 +175,14 @@ class TwoTower(FactorModel):
 
         members, cut = [self.net_], False
         for j in range(1, self.ensemble):
-            share = deadline.share(self.ensemble - j)
-            cfg = dataclasses.replace(self.config, seed=self.seed + j, epochs=epochs, patience=None, max_minutes=_minutes(share))
+            cfg = dataclasses.replace(self.config, seed=self.seed + j, epochs=epochs, patience=None)
             torch.manual_seed(cfg.seed)
             members.append(build_member(self._arch, self.config, item_features).to(self.device_))
-            budget = f", budget {format_seconds(share)}" if share is not None else ""
-            log.info("two-tower ensemble: member %d/%d, %d epochs%s", j + 1, self.ensemble, epochs, budget)
             trainer = Trainer(members[-1], cfg, self.device_, DistInfo.current())
-            trainer.fit(data, show_progress=cfg.show_progress)
+            part = deadline.part(self.ensemble - j)
+            budget = f", budget {format_seconds(part.seconds)}" if part.limited else ""
+            log.info("two-tower ensemble: member %d/%d, %d epochs%s", j + 1, self.ensemble, epochs, budget)
+            trainer.fit(data, show_progress=cfg.show_progress, deadline=part)
             cut = cut or trainer.stop_reason == "budget"
         self.net_ = EnsembleNet(members)
         return cut
