@@ -40,6 +40,7 @@ unit tests. Timings on a shared machine vary: compare ratios to the same-run bas
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -51,7 +52,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -110,6 +111,15 @@ def _split_csr(dataset: Path, name: str, shape: tuple[int, int]) -> Any:
     return m
 
 
+@contextlib.contextmanager
+def _timed(res: dict[str, Any], key: str) -> Iterator[None]:
+    """``res[key]``: wall seconds; ``res[key[:-2] + "_cpu_s"]``: CPU seconds of this process (all threads)."""
+    w, c = time.perf_counter(), time.process_time()
+    yield
+    res[key] = round(time.perf_counter() - w, 2)
+    res[key[:-2] + "_cpu_s"] = round(time.process_time() - c, 2)
+
+
 def child_baselines(dataset: Path, factors: int, iterations: int, eval_users: int, seed: int) -> dict[str, Any]:
     """implicit direct fit + recommend, the scoring-GEMM bound and recsys evaluation, timed."""
     import numpy as np
@@ -123,24 +133,19 @@ def child_baselines(dataset: Path, factors: int, iterations: int, eval_users: in
     als = AlternatingLeastSquares(factors=factors, iterations=iterations, random_state=seed)
     from threadpoolctl import threadpool_limits
 
-    t0 = time.perf_counter()
-    with threadpool_limits(limits=1, user_api="blas"):  # implicit's advice, as recsys's ALS fits
+    with _timed(res, "implicit_fit_s"), threadpool_limits(limits=1, user_api="blas"):  # implicit's advice, as recsys's ALS
         als.fit(train, show_progress=False)
-    res["implicit_fit_s"] = round(time.perf_counter() - t0, 2)
-    users = np.arange(shape[0])
-    t0 = time.perf_counter()
-    als.recommend(users, train, N=10, filter_already_liked_items=True)
-    res["implicit_recommend_top10_s"] = round(time.perf_counter() - t0, 2)
+    with _timed(res, "implicit_recommend_top10_s"):
+        als.recommend(np.arange(shape[0]), train, N=10, filter_already_liked_items=True)
     u = np.ascontiguousarray(als.user_factors, dtype=np.float32)
     v = np.ascontiguousarray(als.item_factors, dtype=np.float32)
     chunk = 1024
     buf = np.empty((chunk, shape[1]), np.float32)
     vt = v.T
-    t0 = time.perf_counter()
-    for lo in range(0, shape[0], chunk):
-        hi = min(lo + chunk, shape[0])
-        np.matmul(u[lo:hi], vt, out=buf[: hi - lo])
-    res["gemm_bound_s"] = round(time.perf_counter() - t0, 2)
+    with _timed(res, "gemm_bound_s"):
+        for lo in range(0, shape[0], chunk):
+            hi = min(lo + chunk, shape[0])
+            np.matmul(u[lo:hi], vt, out=buf[: hi - lo])
     res["gemm_gflops"] = round(2.0 * shape[0] * shape[1] * factors / res["gemm_bound_s"] / 1e9, 1)
     del buf
     # recsys's own full-ranking evaluation (the code under test) on a seeded user sample
@@ -152,10 +157,9 @@ def child_baselines(dataset: Path, factors: int, iterations: int, eval_users: in
     rng = np.random.default_rng(seed)
     sample = with_test if eval_users <= 0 or eval_users >= len(with_test) else np.sort(rng.choice(with_test, eval_users, replace=False))
     model = FixedVectors.from_vectors(u, v, train)
-    t0 = time.perf_counter()
-    metrics = evaluate(model, train, test, users=sample, show_progress=False)
+    with _timed(res, "eval_s"):
+        metrics = evaluate(model, train, test, users=sample, show_progress=False)
     res["eval_users"] = int(len(sample))
-    res["eval_s"] = round(time.perf_counter() - t0, 2)
     res["eval_gemm_bound_s"] = round(res["gemm_bound_s"] * len(sample) / shape[0], 2)
     res["eval_ndcg@10"] = round(float(metrics.get("ndcg@10", float("nan"))), 4)
     res["baselines_peak_rss_mb"] = round(_maxrss_mb(), 1)
@@ -210,6 +214,7 @@ def run_monitored(cmd: list[str], cwd: Path, env: dict[str, str], log_path: Path
         p.returncode = os.waitstatus_to_exitcode(status)
     return {"exit_code": p.returncode, "killed": killed, "wall_s": round(wall, 1),
             "peak_rss_tree_mb": round(peak / 2**20, 1), "maxrss_mb": round(rusage.ru_maxrss / 1024.0, 1),
+            "cpu_s": round(rusage.ru_utime + rusage.ru_stime, 1),  # of the tree: steadier than wall on a busy machine
             "load_avg_mean": round(sum(load) / max(1, len(load)), 1), "load_avg_max": round(max(load, default=0.0), 1)}
 
 
@@ -341,23 +346,27 @@ def step_table(results: dict[str, Any], models: str, small: str = "2M", big: str
             if not r["finished"]:
                 lines.append(f"  @{tag}: DID NOT FINISH: killed={r['killed']}, exit {r['exit_code']}, in step {r['in_step']} "
                              f"after {r['wall_s']:.0f} s")
-            lines.append(f"  @{tag}: peak RSS of the process tree {r['peak_rss_tree_mb']:.0f} MB, "
+            lines.append(f"  @{tag}: CPU time {r.get('cpu_s', '-')} s, peak RSS of the process tree {r['peak_rss_tree_mb']:.0f} MB, "
                          f"load average {r.get('load_avg_mean', '-')} (max {r.get('load_avg_max', '-')}) on {os.cpu_count()} cores")
     return "\n".join(lines)
 
 
 def baseline_table(results: dict[str, Any], small: str = "2M", big: str = "20M") -> str:
-    keys = ("implicit_fit_s", "implicit_recommend_top10_s", "gemm_bound_s", "eval_s", "eval_gemm_bound_s", "baselines_peak_rss_mb")
+    """Wall and CPU seconds of each same-run baseline at both sizes (CPU: this process, all threads)."""
+    keys = ("implicit_fit_s", "implicit_recommend_top10_s", "gemm_bound_s", "eval_s", "eval_gemm_bound_s")
     a = results.get(small, {}).get("baselines") or {}
     b = results.get(big, {}).get("baselines") or {}
     lines = ["same-run baselines (implicit direct, factors 128, 15 iterations; GEMM = all users x all items, chunked)",
-             f"{'baseline':<28} {'@' + small:>10} {'@' + big:>10} {'exponent':>9}"]
+             f"{'baseline':<28} {'s @' + small:>10} {'s @' + big:>10} {'exponent':>9} {'cpu @' + small:>10} {'cpu @' + big:>10}"]
     for k in keys:
-        lines.append(f"{k:<28} {_fmt(a.get(k)):>10} {_fmt(b.get(k)):>10} {_fmt(exponent(a.get(k), b.get(k)), '.2f'):>9}")
+        c = k[:-2] + "_cpu_s"
+        lines.append(f"{k:<28} {_fmt(a.get(k)):>10} {_fmt(b.get(k)):>10} {_fmt(exponent(a.get(k), b.get(k)), '.2f'):>9} "
+                     f"{_fmt(a.get(c)):>10} {_fmt(b.get(c)):>10}")
     for tag, r in ((small, a), (big, b)):
         if r:
             lines.append(f"  @{tag}: {r['n_users']:,} users x {r['n_items']:,} items, {r['train_pairs']:,} train pairs, "
-                         f"GEMM {r['gemm_gflops']} GFLOP/s, evaluated {r['eval_users']:,} users (ndcg@10 {r['eval_ndcg@10']})")
+                         f"GEMM {r['gemm_gflops']} GFLOP/s, evaluated {r['eval_users']:,} users (ndcg@10 {r['eval_ndcg@10']}), "
+                         f"peak RSS {r['baselines_peak_rss_mb']:.0f} MB, load average {r.get('load_avg_mean', '-')}")
     return "\n".join(lines)
 
 
@@ -385,6 +394,9 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
         cut = not als["finished"]
         check("20M ALS-only run <= 10 min", als["wall_s"] / 60, 10, " min", cut)
         check("20M ALS-only run <= 6.5x implicit direct fit", fit and als["wall_s"] / fit, 6.5, "x", cut, "no baseline")
+        fit_cpu = base.get("implicit_fit_cpu_s")
+        check("  the same in CPU seconds (steadier on a busy machine)", fit_cpu and als.get("cpu_s") and als["cpu_s"] / fit_cpu,
+              6.5, "x", cut, "no CPU times recorded")
         check("20M ALS-only peak RSS <= 8 GiB", als["peak_rss_tree_mb"] / 1024, 8, " GiB", cut)
         refit = als["steps"].get("refit")
         check("20M ALS fit (refit step, all pairs) <= 1.2x implicit direct (train pairs)",
