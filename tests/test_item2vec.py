@@ -194,3 +194,13 @@ def test_with_scoring_equals_a_fresh_fit_with_those_parameters():
     np.testing.assert_array_equal(cheap.user_factors_, fresh.user_factors_)
     with pytest.raises(ConfigError, match="need a new fit"):
         base.with_scoring(window=2)
+
+
+def test_an_item_without_training_pairs_has_no_neighbours_and_a_zero_vector():
+    df = _clustered_log()
+    m = _matrix(df, (150, 31))  # item 30: in the catalogue, never in a sequence (a cold item)
+    model = Item2Vec(**FAST).fit(m, sequences=ItemSequences.from_frame(df, 150))
+    ids, scores = model.similar_items(30, k=3)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+    assert not np.any(model.item_factors_[30, :16])
+    assert 30 not in model.similar_items(0, k=29)[0]

@@ -330,7 +330,8 @@ class Item2Vec(FactorModel):
 
         The popularity column is left out (a bundle's ``Retriever.similar_items`` scores
         the whole vector, so its neighbours lean towards popular items by
-        ``b² log(1 + c_i) log(1 + c_j)``). Items never seen in training (zero vectors) are never returned; a row has
+        ``b² log(1 + c_i) log(1 + c_j)``). An item never trained gets no neighbours (all
+        ``-1``); items never seen in training (zero vectors) are never returned; a row has
         ``-1`` / ``-inf`` slots when fewer than ``k`` items qualify.
         """
         self._check_fitted()
@@ -344,6 +345,8 @@ class Item2Vec(FactorModel):
         sims = sims.astype(np.float32)
         sims[norms == 0] = -np.inf
         sims[int(item)] = -np.inf
+        if norms[int(item)] == 0:  # an item never trained has no neighbours, not arbitrary ones
+            sims[:] = -np.inf
         ids, scores = topk(sims[None, :], int(k))  # pads with -1 / -inf beyond the catalogue
         return ids[0], scores[0]
 
