@@ -11,6 +11,17 @@ writes benchmarks/results/cold_start.json.
 
     .venv/bin/python benchmarks/bench_cold_start.py            # MiniLM, with two-tower
     .venv/bin/python benchmarks/bench_cold_start.py --quick    # TF-IDF double, no two-tower
+
+``--mappers`` (issue 21 item 2) runs the cold-start *mapper selection* instead, on several
+datasets: latest-small, ML-100K (../shared/data/movielens-100k, skipped if absent) and
+generated logs (recsys.data.synthetic) whose item text is cluster genres, titles only
+(little signal) or a per-item artist name (many artists per taste cluster, the music-log
+shape). Per dataset: ALS on train, ``select_mapper`` on pseudo-cold warm items of the
+validation split (never test), then test_cold Recall@20 (cold items only as candidates) of
+the chosen mapper, the kNN mapper (k=20), ridge, blend (alpha 0.5, k 20) and the user
+profile content kNN, with the ratios. Writes benchmarks/results/cold_start_mappers.json.
+
+    .venv/bin/python benchmarks/bench_cold_start.py --mappers [--quick] [--datasets ml-small synth-artists]
 """
 
 from __future__ import annotations
@@ -68,8 +79,117 @@ def exposure_tradeoff(ds, content: np.ndarray, u: np.ndarray, v: np.ndarray, ble
     return rows
 
 
+def content_and_cf(ds, cols: list[str], args: argparse.Namespace) -> tuple:
+    """Content vectors (MiniLM, or the TF-IDF double with --quick; cached) and ALS vectors on train."""
+    if args.quick:
+        encoder = TfidfSvdEncoder(n_components=64).fit(item_texts(ds.items, cols))
+    else:
+        encoder = MiniLMEncoder(device="cpu", show_progress=sys.stderr.isatty())
+    content, emb_stats = embed_items(ds.items, cols, encoder, cache=EmbeddingCache(args.cache))
+    u, v = als_vectors(ds.matrix("train"), factors=64, regularization=10.0, iterations=15, seed=args.seed)
+    return content, emb_stats, u, v
+
+
+ML100K = ROOT.parent / "shared" / "data" / "movielens-100k"
+MAPPER_DATASETS = ("ml-small", "ml-100k", "synth-genres", "synth-titles", "synth-artists")
+
+
+def _synthetic(seed: int, text: str) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """A 150k-event generated log (3000 users x 3000 items, 20 taste clusters, Zipf items).
+
+    ``text``: ``genres`` (title + cluster genres), ``titles`` (random "The Adj Noun (id)"
+    titles: little signal) or ``artists`` (an artist name per item, 25 artists per cluster).
+    """
+    from recsys.data.synthetic import SyntheticConfig, _clusters, generate_events, generate_items
+
+    cfg = SyntheticConfig(n_events=150_000, n_users=3000, n_items=3000, n_clusters=20, event_types=False, seed=seed)
+    ev = generate_events(cfg).group_by("user_id", "item_id").agg(weight=pl.len().cast(pl.Float32))
+    ev = ev.rename({"user_id": "user", "item_id": "item"})
+    items = generate_items(cfg).rename({"item_id": "item"})
+    if text == "artists":  # the item's cluster, as generate_items derives it (same seed, same draws)
+        _, item_cluster, _ = _clusters(cfg, np.random.default_rng(seed))
+        rng = np.random.default_rng(seed + 1)
+        syl = np.array(["ka", "lo", "mi", "ra", "ven", "to", "sul", "dar", "bel", "ni", "qu", "zor", "fa", "el", "mon", "tri"])
+        names = [" ".join(("".join(rng.choice(syl, 2)).capitalize(), "".join(rng.choice(syl, 3)).capitalize()))
+                 for _ in range(cfg.n_clusters * 25)]
+        artist = item_cluster * 25 + rng.integers(0, 25, len(item_cluster))
+        items = items.with_columns(artist=pl.Series([names[a] for a in artist]))
+    cols = {"genres": ["title", "genres"], "titles": ["title"], "artists": ["artist"]}[text]
+    return ev, items, cols
+
+
+def _mapper_dataset(name: str, seed: int) -> tuple | None:
+    if name == "ml-small":
+        return load(seed, False), ["title", "genres"]
+    if name == "ml-100k":
+        if not (ML100K / "u.data").exists():
+            logging.warning("ML-100K not found at %s; skipped", ML100K)
+            return None
+        r = pl.read_csv(ML100K / "u.data", separator="\t", has_header=False, new_columns=["user", "item", "weight", "timestamp"])
+        raw = pl.read_csv(ML100K / "u.item", separator="|", has_header=False, encoding="latin-1")
+        names = ["unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
+                 "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western"]
+        flags = raw.select(raw.columns[-19:]).to_numpy()
+        genres = ["|".join(n for n, f in zip(names, row) if f) for row in flags]
+        m = pl.DataFrame({"item": raw[raw.columns[0]], "title": raw[raw.columns[1]], "genres": genres})
+        r = r.with_columns(pl.col("weight").cast(pl.Float32))
+        return build_cold_start_dataset(r, m, cold_frac=0.1, min_interactions=5, seed=seed), ["title", "genres"]
+    ev, items, cols = _synthetic(seed, name.removeprefix("synth-"))
+    return build_cold_start_dataset(ev, items, cold_frac=0.1, min_interactions=5, seed=seed), cols
+
+
+def mapper_table(args: argparse.Namespace) -> int:
+    """Selection on validation vs outcome on test_cold, per dataset (see the module docstring)."""
+    from recsys.cold_start import evaluate_mappers_cold
+    from recsys.embeddings.mappers import BlendMap, KnnMap, select_mapper_on_dataset
+
+    rows, detail = {}, {}
+    for name in args.datasets:
+        t0 = time.perf_counter()
+        got = _mapper_dataset(name, args.seed)
+        if got is None:
+            continue
+        ds, cols = got
+        content, _, u, v = content_and_cf(ds, cols, args)
+        t1 = time.perf_counter()
+        sel = select_mapper_on_dataset(ds, content, u, v, seed=args.seed)  # train + valid only
+        t_sel = time.perf_counter() - t1
+        res = evaluate_mappers_cold(ds, content, u, v, {"chosen": sel.make(), "knn": KnnMap(20), "ridge": "ridge",
+                                                        "blend": BlendMap(0.5, 20)})
+        r = {m: res[m]["recall@20"] for m in ("chosen", "knn", "ridge", "blend", "content_knn", "random")}
+        label = sel.label
+        rows[name] = {"chosen": label, "valid R@20": sel.scores.get(label, {}).get("recall@20", float("nan")),
+                      "test_cold R@20": r["chosen"], "kNN map k=20": r["knn"], "ridge": r["ridge"], "blend .5": r["blend"],
+                      "profile kNN": r["content_knn"], "random": r["random"], "chosen/kNN map": r["chosen"] / r["knn"],
+                      "chosen/profile": r["chosen"] / r["content_knn"], "n_cold": len(np.unique(ds.split("test_cold")["item_idx"])),
+                      "n_users": res["chosen"]["n_users"], "select_s": t_sel, "total_s": time.perf_counter() - t0}
+        detail[name] = {"selection": sel.as_dict(), "test_cold": res, "text": cols}
+        logging.warning("%s: chosen %s, test_cold R@20 %.4f (kNN map %.4f, ridge %.4f) in %.0fs", name, label, r["chosen"],
+                        r["knn"], r["ridge"], time.perf_counter() - t0)
+    cols_out = ("valid R@20", "test_cold R@20", "kNN map k=20", "ridge", "blend .5", "profile kNN", "random", "chosen/kNN map",
+                "chosen/profile")
+    print(f"\nCold-start mapper chosen on validation; Recall@20 on test_cold (cold items only), seed {args.seed}, "
+          f"{'TF-IDF double' if args.quick else 'MiniLM'}")
+    print(f"{'dataset':<14} {'chosen':<22} " + " ".join(f"{c:>14}" for c in cols_out) + f" {'select s':>9}")
+    for name, row in rows.items():
+        print(f"{name:<14} {row['chosen']:<22} " + " ".join(f"{row[c]:>14.4f}" for c in cols_out) + f" {row['select_s']:>9.1f}")
+    verdict = {n: ("PASS" if r["chosen/kNN map"] >= 1.2 else "below 1.2x" if r["chosen/kNN map"] >= 1.0 else "BELOW kNN")
+               for n, r in rows.items()}
+    print("target chosen >= 1.2x kNN map (never below): " + ", ".join(f"{n} {v}" for n, v in verdict.items()))
+    prof = {n: ("PASS" if r["chosen/profile"] >= 1.2 else "below 1.2x" if r["chosen/profile"] >= 1.0 else "BELOW")
+            for n, r in rows.items()}
+    print("target chosen >= 1.2x profile content kNN (never below): " + ", ".join(f"{n} {v}" for n, v in prof.items()))
+    out = ROOT / "benchmarks" / "results" / "cold_start_mappers.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "rows": rows, "detail": detail, "verdict_knn_map": verdict,
+                                "verdict_profile": prof}, indent=2, default=str))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mappers", action="store_true", help="mapper selection on validation vs test_cold, per dataset")
+    ap.add_argument("--datasets", nargs="+", default=list(MAPPER_DATASETS), choices=MAPPER_DATASETS)
     ap.add_argument("--quick", action="store_true", help="TF-IDF test double instead of MiniLM, no two-tower")
     ap.add_argument("--no-two-tower", action="store_true")
     ap.add_argument("--tags", action="store_true", help="add user tags to the item text (leaky for cold items)")
@@ -78,16 +198,13 @@ def main() -> int:
     ap.add_argument("--cache", default=str(ROOT / ".cache" / "embeddings"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.mappers:
+        return mapper_table(args)
 
     t0 = time.perf_counter()
     ds = load(args.seed, args.tags)
     cols = ["title", "genres"] + (["tags"] if args.tags else [])
-    if args.quick:
-        encoder = TfidfSvdEncoder(n_components=64).fit(item_texts(ds.items, cols))
-    else:
-        encoder = MiniLMEncoder(device="cpu", show_progress=sys.stderr.isatty())
-    content, emb_stats = embed_items(ds.items, cols, encoder, cache=EmbeddingCache(args.cache))
-    u, v = als_vectors(ds.matrix("train"), factors=64, regularization=10.0, iterations=15, seed=args.seed)
+    content, emb_stats, u, v = content_and_cf(ds, cols, args)
     extra = {}
     tt_seconds = None
     if not (args.quick or args.no_two_tower):

@@ -66,6 +66,7 @@ __all__ = [
     "als_vectors",
     "build_cold_start_dataset",
     "evaluate_cold_start",
+    "evaluate_mappers_cold",
     "two_tower_vectors",
     "user_content_profiles",
 ]
@@ -198,6 +199,45 @@ def evaluate_cold_start(
     results["warm"]["blend_on_warm_candidates"] = evaluate(methods["blended"], seen_test, test_warm, ks=ks, candidates=warm_items)
     log.info("cold-start: %d cold items, %d cold users, k=%g, cold_scale=%g", len(cold), len(cold_users), k_best, blender.cold_scale)
     return ColdStartReport(results, k_best, float(blender.cold_scale), k_scores, int(len(cold)), blended.counts())
+
+
+def evaluate_mappers_cold(
+    ds: Dataset,
+    content: np.ndarray,
+    cf_user_vectors: np.ndarray,
+    cf_item_vectors: np.ndarray,
+    mappers: Mapping[str, Any],
+    min_count: int = 5,
+    ks: Sequence[int] = (20,),
+) -> dict[str, dict[str, float]]:
+    """Cold-only metrics on ``test_cold`` of each content -> CF mapper, plus ``content_knn`` (profile) and ``random``.
+
+    For the final report only (it reads ``test_cold``): choose the mapper with
+    :func:`recsys.embeddings.mappers.select_mapper`, which reads ``valid`` only. Each mapper
+    is fitted on the warm items with content and ``>= min_count`` train interactions and
+    gives the cold items' vectors; users are ranked over the cold items only, with their
+    train and valid items excluded (the protocol of :func:`evaluate_cold_start`).
+
+    Parameters
+    ----------
+    mappers : mapping name -> mapper name or unfitted mapper object
+        e.g. ``{"ridge": "ridge", "knn": KnnMap(20), "chosen": selection.make()}``.
+    """
+    cold = _cold_items(ds)
+    train, seen = ds.matrix("train"), ds.matrix("train", "valid")
+    test_cold = ds.matrix("test_cold")
+    counts = ds.interaction_counts("train")
+    users = np.flatnonzero(np.diff(test_cold.indptr) > 0)
+    out: dict[str, dict[str, float]] = {}
+    for name, mapper in mappers.items():
+        blender = ContentBlender(k=0.0, mapper=mapper, min_count=min_count).fit(content, cf_item_vectors, counts)
+        table = blender.transform(content, cf_item_vectors, counts)
+        model = FixedVectors.from_vectors(cf_user_vectors, table.vectors, train)
+        out[name] = evaluate(model, seen, test_cold, ks=ks, users=users, candidates=cold, show_progress=False)
+    profiles = FixedVectors.from_vectors(user_content_profiles(train, content), content, train)
+    out["content_knn"] = evaluate(profiles, seen, test_cold, ks=ks, users=users, candidates=cold, show_progress=False)
+    out["random"] = evaluate(RandomScores(0).fit(train), seen, test_cold, ks=ks, users=users, candidates=cold, show_progress=False)
+    return out
 
 
 def als_vectors(train: sp.spmatrix, factors: int = 64, regularization: float = 10.0, iterations: int = 15,

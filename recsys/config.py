@@ -97,7 +97,7 @@ class ContentSection(_Section):
     mapper: Literal["auto", "ridge", "knn", "blend", "mlp"] = "auto"
     knn_k: int = Field(20, ge=1)                        # neighbours of an explicit "knn" / "blend"
     mapper_alpha: float = Field(0.5, ge=0, le=1)        # ridge weight of an explicit "blend"
-    mapper_holdout: float = Field(0.1, gt=0, le=0.25)   # warm items held out per selection fold ("auto")
+    mapper_holdout: float = Field(0.1, gt=0, le=0.2)    # warm items held out per selection fold (5 folds, "auto")
     min_count: int = Field(5, ge=0)
     cache_dir: str | None = None
     model_path: str | None = None

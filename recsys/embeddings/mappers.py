@@ -13,17 +13,20 @@ so :func:`select_mapper` measures it.
 Selection protocol (validation only; never ``test`` or ``test_cold``):
 
 1. *Eligible* items: content and ``>= min_count`` interactions in ``train``.
-2. ``n_folds`` disjoint, seeded folds of ``holdout_frac`` of the eligible items (at most
+2. ``n_folds`` (5) disjoint, seeded folds of ``holdout_frac`` (10%) of the eligible items (at most
    ``max_items`` each) are held out as *pseudo-cold*: their CF vectors are hidden from
    the mapper fit (which uses the other eligible items only).
 3. Each candidate maps the pseudo-cold items' content into the CF space.
-4. Score: Recall@``k`` (default 20) ranking only the pseudo-cold items of the fold, for
-   every user with a ``valid`` interaction on one of them; relevant = those ``valid``
-   interactions; the user's ``train`` items are excluded; user vectors are the CF user
-   vectors of the model fitted on ``train``. Folds are pooled (weighted by users).
-5. The best candidate wins; ties go to the earlier (simpler) one in the grid order
-   ridge, kNN (small ``k`` first), blend, and a blend must beat the best plain ridge or
-   kNN by ``min_gain`` (1% relative) or the plain one is kept.
+4. Score: Recall@``k`` (default 20) per user, ranking only the pseudo-cold items of the
+   fold, for every user with a ``valid`` interaction on one of them; relevant = those
+   ``valid`` interactions; the user's ``train`` items are excluded; user vectors are the
+   CF user vectors of the model fitted on ``train``. Folds are pooled (user-folds).
+5. The incumbent is plain content nearest neighbours (``knn``, k=20). A candidate
+   qualifies only if its per-user recall beats the incumbent's, paired, by ``z`` (2)
+   standard errors and its mean gain is positive in every fold; the best qualified one wins (ties to the earlier in the grid order
+   ridge, kNN, blend), and a blend must beat the best qualified plain ridge / kNN by
+   ``min_gain`` (1% relative) or the plain one is kept. So on data where content says
+   nothing the choice is content kNN, never a lucky grid point.
 
 Every mapper has ``fit(content_warm, cf_warm)`` and ``transform(content_cold)``
 (``predict`` is the same, the name :class:`~recsys.embeddings.blend.ContentBlender` calls).
@@ -192,6 +195,10 @@ class Candidate:
         return self.name + ("(" + ",".join(f"{k}={v:g}" for k, v in sorted(self.params.items())) + ")" if self.params else "")
 
 
+#: the incumbent of the selection: plain content nearest neighbours
+DEFAULT_MAPPER = Candidate("knn", {"k": 20})
+
+
 def default_candidates(knn_ks: Sequence[int] = (5, 10, 20, 50), alphas: Sequence[float] = (0.25, 0.5, 0.75)) -> list[Candidate]:
     """ridge, kNN for each ``k``, blend for each ``alpha`` x ``k`` (in tie-break order)."""
     return ([Candidate("ridge")] + [Candidate("knn", {"k": int(k)}) for k in knn_ks]
@@ -202,8 +209,9 @@ def default_candidates(knn_ks: Sequence[int] = (5, 10, 20, 50), alphas: Sequence
 class MapperSelection:
     """The chosen mapper and the validation scores of every candidate.
 
-    ``scores[label]`` holds ``recall@k`` / ``ndcg@k`` pooled over the folds; ``reason`` says
-    why the choice was made (best on validation, or the fallback and why).
+    ``scores[label]`` holds ``recall@k`` pooled over the folds, ``gain`` (mean per-user
+    difference to the incumbent) and ``gain_se`` (its standard error); ``reason`` says why
+    the choice was made (the evidence, or the default and why).
     """
 
     mapper: str
@@ -216,6 +224,11 @@ class MapperSelection:
     seed: int = 0
     holdout_frac: float = 0.0
     n_folds: int = 0
+
+    @property
+    def label(self) -> str:
+        """The chosen candidate as in :attr:`scores` (``knn(k=20)``)."""
+        return Candidate(self.mapper, self.params).label
 
     def make(self) -> Any:
         """A fresh, unfitted instance of the chosen mapper."""
@@ -240,19 +253,29 @@ class MapperSelection:
         return {f"valid.{slug(label)}.{m}": v for label, s in self.scores.items() for m, v in s.items()}
 
 
-def _fold_scores(u: np.ndarray, preds: dict[str, np.ndarray], train: sp.csr_matrix, valid: sp.csr_matrix,
-                 cold: np.ndarray, k: int) -> tuple[dict[str, dict[str, float]], int]:
-    """Recall/NDCG@k of each candidate's vectors for ``cold`` items, ranked among ``cold`` only."""
-    from recsys.evaluation import evaluate  # evaluation imports the models package; keep this module light
-    from recsys.models.fixed_vectors import FixedVectors
+def _per_user_recall(u: np.ndarray, preds: dict[str, np.ndarray], train: sp.csr_matrix, valid: sp.csr_matrix,
+                     cold: np.ndarray, k: int, chunk: int = 1024) -> dict[str, np.ndarray]:
+    """Recall@k per user of each candidate's vectors for ``cold`` items, ranked among ``cold`` only.
 
+    Users = those with a ``valid`` interaction on a ``cold`` item; their ``train`` items are
+    excluded; recall = hits / relevant (:mod:`recsys.metrics`' definition). Per user, so
+    candidates can be compared paired.
+    """
     tr, va = sp.csr_matrix(train[:, cold]), sp.csr_matrix(valid[:, cold])
-    users = np.flatnonzero(np.diff(va.indptr) > 0)
-    out = {}
-    for label, v in preds.items():
-        r = evaluate(FixedVectors.from_vectors(u, v, tr), tr, va, ks=(k,), users=users, show_progress=False)
-        out[label] = {f"recall@{k}": r[f"recall@{k}"], f"ndcg@{k}": r[f"ndcg@{k}"]}
-    return out, int(len(users))
+    n_rel = np.diff(va.indptr)
+    users = np.flatnonzero(n_rel > 0)
+    kk = min(k, len(cold))
+    out = {label: np.empty(len(users)) for label in preds}
+    for s in range(0, len(users), chunk):
+        b = users[s:s + chunk]
+        seen = tr[b].toarray() > 0
+        rel = (va[b].toarray() > 0) & ~seen
+        for label, v in preds.items():
+            sc = u[b] @ v.T
+            sc[seen] = -np.inf
+            top = np.argpartition(-sc, kk - 1, axis=1)[:, :kk] if kk < sc.shape[1] else np.argsort(-sc, axis=1)
+            out[label][s:s + len(b)] = np.take_along_axis(rel, top, axis=1).sum(1) / n_rel[b]
+    return out
 
 
 def select_mapper(
@@ -262,14 +285,15 @@ def select_mapper(
     train: sp.spmatrix,
     valid: sp.spmatrix,
     candidates: Sequence[Candidate] | None = None,
+    default: Candidate = DEFAULT_MAPPER,
     holdout_frac: float = 0.1,
-    n_folds: int = 3,
+    n_folds: int = 5,
     max_items: int = 5000,
     min_count: int = 5,
     k: int = 20,
-    min_users: int = 20,
-    fallback: str = "ridge",
+    z: float = 2.0,
     min_gain: float = 0.01,
+    min_users: int = 20,
     seed: int = 0,
 ) -> MapperSelection:
     """Choose the content -> CF mapper on pseudo-cold warm items (protocol in the module docstring).
@@ -285,12 +309,18 @@ def select_mapper(
         (relevance). No other split is used.
     candidates : sequence of Candidate, optional
         Default :func:`default_candidates`.
+    default : Candidate
+        The incumbent (content kNN, k=20): kept unless a candidate beats it paired over
+        users by ``z`` standard errors, and chosen when there is too little evidence
+        (fewer than ``min_users`` validation users on pseudo-cold items).
+    z : float
+        Standard errors of the per-user recall difference a challenger needs over
+        ``default``; it must also win in every fold. The per-user error ignores which items
+        happened to be held out, so the fold check guards against a lucky item sample;
+        with ~17 candidates a plain "best mean" picks noise on content without signal.
     min_gain : float
-        A blend must beat the best plain ridge / kNN candidate by this much (relative) to
-        be chosen: smaller validation differences are noise (winner's curse over a grid).
-    min_users : int
-        Fewer validation users on pseudo-cold items than this over all folds means the
-        comparison is noise: ``fallback`` is chosen and the reason recorded.
+        A blend must beat the best plain ridge / kNN candidate that qualified by this
+        much (relative), or the plain one is kept.
     """
     content, item_vectors = check_pair(content, item_vectors)
     u = np.asarray(user_vectors, np.float32)
@@ -300,18 +330,20 @@ def select_mapper(
     if not 0 < holdout_frac < 1 or n_folds < 1 or n_folds * holdout_frac > 1:
         raise InputError(f"need 0 < holdout_frac < 1 and n_folds * holdout_frac <= 1, got {holdout_frac} x {n_folds}")
     cands = list(candidates or default_candidates())
+    if default not in cands:
+        cands.insert(0, default)
     metric = f"recall@{k}"
     counts = np.asarray((train > 0).sum(axis=0)).ravel()
     eligible = np.flatnonzero((np.linalg.norm(content, axis=1) > 0) & (counts >= max(min_count, 1)))
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(eligible)
+    perm = np.random.default_rng(seed).permutation(eligible)
     size = min(int(round(holdout_frac * len(eligible))), max_items)
     base = {"seed": seed, "holdout_frac": holdout_frac, "n_folds": n_folds, "metric": metric}
     if size < 1 or len(eligible) - size < 2:
-        return MapperSelection(fallback, {}, {}, reason=f"only {len(eligible)} eligible warm items; {fallback} by default", **base)
+        return MapperSelection(default.name, dict(default.params), {}, reason=f"only {len(eligible)} eligible warm items; "
+                               f"{default.label} by default", **base)
 
-    sums: dict[str, np.ndarray] = {c.label: np.zeros(2) for c in cands}
-    n_users = n_cold = 0
+    per_user: dict[str, list[np.ndarray]] = {c.label: [] for c in cands}
+    n_cold = 0
     kmax = max([int(c.params.get("k", 1)) for c in cands] + [1])
     for f in range(n_folds):
         cold = np.sort(perm[f * size:(f + 1) * size])
@@ -328,33 +360,48 @@ def select_mapper(
                 preds[c.label] = (a * ridge + (1 - a) * knn).astype(np.float32)
             else:  # e.g. mlp: fitted the slow, general way
                 preds[c.label] = make_mapper(c.name, **c.params).fit(content[fit], item_vectors[fit]).predict(content[cold])
-        scores, nu = _fold_scores(u, preds, train, valid, cold, k)
-        for label, s in scores.items():
-            sums[label] += nu * np.array([s[metric], s[f"ndcg@{k}"]])
-        n_users += nu
+        fold = _per_user_recall(u, preds, train, valid, cold, k)
+        for label, r in fold.items():
+            per_user[label].append(r)
         n_cold += len(cold)
-        log.info("mapper selection fold %d/%d: %d pseudo-cold items, %d users; %s", f + 1, n_folds, len(cold), nu,
-                 {lb: round(s[metric], 4) for lb, s in scores.items()})
+        log.info("mapper selection fold %d/%d: %d pseudo-cold items, %d users; %s", f + 1, n_folds, len(cold),
+                 len(fold[default.label]), {lb: round(float(r.mean()), 4) for lb, r in fold.items() if len(r)})
+    rec = {lb: np.concatenate(r) for lb, r in per_user.items()}
+    n_users = len(rec[default.label])
     base.update(n_pseudo_cold=n_cold, n_users=n_users)
-    if n_users < min_users:
-        return MapperSelection(fallback, {}, {}, reason=f"only {n_users} validation users on pseudo-cold items "
-                               f"(< {min_users}); {fallback} by default", **base)
-    pooled = {lb: {metric: float(s[0] / n_users), f"ndcg@{k}": float(s[1] / n_users)} for lb, s in sums.items()}
-    def rank(c: Candidate) -> tuple[float, int]:
-        return pooled[c.label][metric], -cands.index(c)
+    if n_users < max(min_users, 2):
+        return MapperSelection(default.name, dict(default.params), {}, reason=f"only {n_users} validation users on "
+                               f"pseudo-cold items (< {min_users}); {default.label} by default", **base)
+    ref = rec[default.label]
+    scores = {}
+    for lb, r in rec.items():
+        d = r - ref
+        worst = min(float((a - b).mean()) if len(a) else 0.0 for a, b in zip(per_user[lb], per_user[default.label]))
+        scores[lb] = {metric: float(r.mean()), "gain": float(d.mean()), "gain_se": float(d.std(ddof=1) / np.sqrt(len(d))),
+                      "worst_fold_gain": worst}
 
-    best = max(cands, key=rank)
-    reason = (f"best validation {metric} {pooled[best.label][metric]:.4f} of {len(cands)} candidates on {n_cold} "
-              f"pseudo-cold items ({n_users} users, {n_folds} folds)")
-    simple = [c for c in cands if c.name in ("ridge", "knn")]
-    if best.name == "blend" and simple:
-        plain = max(simple, key=rank)
-        if pooled[best.label][metric] < pooled[plain.label][metric] * (1 + min_gain):
-            reason = (f"{best.label} gains < {min_gain:.0%} over {plain.label} on validation {metric} "
-                      f"({pooled[best.label][metric]:.4f} vs {pooled[plain.label][metric]:.4f}); the simpler mapper is kept")
-            best = plain
+    def rank(c: Candidate) -> tuple[float, int]:
+        return scores[c.label][metric], -cands.index(c)
+
+    def qualifies(c: Candidate) -> bool:
+        sc = scores[c.label]
+        return c == default or (sc["gain"] > z * sc["gain_se"] and sc["worst_fold_gain"] > 0)
+
+    qualified = [c for c in cands if qualifies(c)]
+    best = max(qualified, key=rank)
+    plain = [c for c in qualified if c.name in ("ridge", "knn")]
+    if best.name == "blend" and plain and scores[best.label][metric] < scores[max(plain, key=rank).label][metric] * (1 + min_gain):
+        best = max(plain, key=rank)
+    if best == default:
+        reason = (f"no candidate beats {default.label} (validation {metric} {scores[default.label][metric]:.4f}) by "
+                  f"{z:g} standard errors and in every fold")
+    else:
+        sc = scores[best.label]
+        reason = (f"validation {metric} {sc[metric]:.4f} vs {default.label} {scores[default.label][metric]:.4f} "
+                  f"(gain {sc['gain']:+.4f} +- {sc['gain_se']:.4f})")
+    reason += f"; {len(cands)} candidates, {n_cold} pseudo-cold items, {n_users} user-folds, {n_folds} folds"
     log.info("cold-start mapper: %s (%s)", best.label, reason)
-    return MapperSelection(best.name, dict(best.params), pooled, reason=reason, **base)
+    return MapperSelection(best.name, dict(best.params), scores, reason=reason, **base)
 
 
 def select_mapper_on_dataset(ds: Dataset, content: np.ndarray, user_vectors: np.ndarray, item_vectors: np.ndarray,
@@ -364,7 +411,7 @@ def select_mapper_on_dataset(ds: Dataset, content: np.ndarray, user_vectors: np.
     ``user_vectors`` / ``item_vectors`` must come from a model fitted on ``train`` only.
     """
     if ds.split("valid").height == 0:
-        fallback = kwargs.get("fallback", "ridge")
-        return MapperSelection(fallback, {}, {}, metric=f"recall@{kwargs.get('k', 20)}", seed=int(kwargs.get("seed", 0)),
-                               reason=f"the dataset has no validation split; {fallback} by default")
+        d = kwargs.get("default", DEFAULT_MAPPER)
+        return MapperSelection(d.name, dict(d.params), {}, metric=f"recall@{kwargs.get('k', 20)}", seed=int(kwargs.get("seed", 0)),
+                               reason=f"the dataset has no validation split; {d.label} by default")
     return select_mapper(content, user_vectors, item_vectors, ds.matrix("train"), ds.matrix("valid"), **kwargs)
