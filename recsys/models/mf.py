@@ -204,7 +204,8 @@ class MFModel(FactorModel):
             except _StopFit:
                 log.info("early stop at iteration %d (best %d)", self.history_[-1]["iteration"], best["it"])
         self.fit_seconds_ = progress.elapsed
-        log.info("%s: %d iterations in %s (%.3g s/iteration in implicit)", type(self).__name__, len(self.iteration_seconds_),
+        # DEBUG: a fit that outlasted the progress interval already closed with an INFO line
+        log.debug("%s: %d iterations in %s (%.3g s/iteration in implicit)", type(self).__name__, len(self.iteration_seconds_),
                  format_seconds(self.fit_seconds_), float(np.mean(self.iteration_seconds_ or [float("nan")])))  # fmt: skip
         if best:
             self.user_factors_, self.item_factors_ = best["u"], best["v"]
