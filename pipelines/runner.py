@@ -152,6 +152,11 @@ class Runner:
             batch = self._step("batch", {"export": export_res.fingerprint, **recommend_batch.step_inputs(batch_cfg)},
                                lambda: recommend_batch.batch_step(ctx, export_res.outputs, promo.outputs, batch_cfg))
             self.record["batch"] = batch.outputs
+            prev = (align_res.outputs.get("record") or {}).get("previous_version")
+            if prev:  # issue 20: share of new items in the whole batch top-K, on the publish run
+                self._step("exposure", {"batch": batch.fingerprint, "previous": prev},
+                           lambda: steps.exposure_step(ctx, batch.outputs, prev, promo.outputs["run_id"],
+                                                       k=int(self.cfg.align.churn_k)))
         self.record.update(bundle_version=export_res.outputs["version"], promotion=promo.outputs, metrics=self.metrics)
         self._write_record()
         self._print_summary(publish, export_res.outputs, promo.outputs)

@@ -251,6 +251,26 @@ def align_step(ctx: RunContext, ds: Dataset, model_path: str, vectors_path: str,
                          out_path=ctx.out / "vectors" / "aligned.npz", seed=ctx.seed, **cfg)
 
 
+def exposure_step(ctx: RunContext, batch: dict[str, Any], previous_version: str, publish_run_id: str,
+                  k: int = 10) -> dict[str, Any]:
+    """New-item exposure of the batch top-K (items the previous bundle lacked), logged on the publish run."""
+    from mlflow import MlflowClient
+
+    from recsys.data.idmap import IdMap
+    from recsys.lifelong import batch_exposure
+
+    items = ctx.out / "bundles" / previous_version / "items.parquet"
+    if not items.is_file():
+        log.warning("exposure: the previous bundle %s is gone (pruned); nothing to compare with", previous_version)
+        return {"metrics": {}}
+    metrics = batch_exposure(batch["batch_path"], IdMap.load(items, name="item"), k=k)
+    client = MlflowClient(ctx.tracking_uri)
+    for key, v in metrics.items():
+        client.log_metric(publish_run_id, key, v)
+    log.info("new-item exposure of the batch top-K: %s", metrics)
+    return {"metrics": metrics}
+
+
 # -- export ------------------------------------------------------------------------------------
 
 

@@ -303,6 +303,25 @@ def align_metrics_of_update(prev: Any, res: UpdateResult, cfg: dict[str, Any], s
     return record, metrics
 
 
+def batch_exposure(batch_path: str | os.PathLike, previous_items: IdMap, k: int = 10) -> dict[str, float]:
+    """Share of a batch top-K's slots that go to items the previous version did not have.
+
+    Reads the parts of a ``recsys recommend-batch`` / batch-step output
+    (:func:`recsys.serving.batch.read_batch`, sizes checked): ``new_item_exposure_batch``
+    over every slot, ``new_item_exposure_batch_top{k}`` over ranks ``<= k``.
+    """
+    from recsys.serving.batch import read_batch
+
+    _, parts = read_batch(batch_path, verify=False)
+    if not parts:
+        return {}
+    prev = pl.Series("item_id", previous_items.ids, dtype=pl.String)
+    res = (pl.scan_parquet(parts).select(pl.col("rank"), (~pl.col("item_id").cast(pl.String).is_in(prev.implode())).alias("new"))
+           .select(pl.col("new").mean().alias("all"), pl.col("new").filter(pl.col("rank") <= k).mean().alias("top"))
+           .collect())
+    return {"new_item_exposure_batch": float(res["all"][0] or 0.0), f"new_item_exposure_batch_top{k}": float(res["top"][0] or 0.0)}
+
+
 def load_alignment(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, Alignment]:
     """What :func:`align_to_live` saved: rotated items, rotated users, the alignment."""
     from recsys.io import load_npz
@@ -319,5 +338,5 @@ def view_of(user_vectors: np.ndarray | None, user_ids: IdMap | None, item_vector
     return VersionView(user_vectors, user_ids, item_vectors, item_ids, None if seen is None else sp.csr_matrix(seen), similarity)
 
 
-__all__ = ["UpdateResult", "align_metrics_of_update", "align_to_live", "fold_rows", "history_matrix", "incremental_update", "load_alignment", "view_of",
+__all__ = ["UpdateResult", "align_metrics_of_update", "align_to_live", "batch_exposure", "fold_rows", "history_matrix", "incremental_update", "load_alignment", "view_of",
            "DEFAULT_MIN_COUNT"]

@@ -175,7 +175,9 @@ def test_run_aligns_a_retrain_to_the_live_bundle_and_logs_drift_and_churn(tmp_pa
     np.testing.assert_allclose(served, raw, atol=1e-5)
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     runs = MlflowClient(uri).search_runs([e.experiment_id for e in MlflowClient(uri).search_experiments()],
-                                         filter_string=f"tags.`recsys.bundle_version` = '{b.manifest['version']}'")
+                                         filter_string=f"tags.`recsys.bundle_version` = '{b.manifest['version']}' "
+                                                       "and tags.`recsys.step` = 'promote'")
     metrics = runs[0].data.metrics
     assert metrics["drift_cosine_aligned"] == pytest.approx(rec["cosine_after"], abs=1e-5)
     assert {"drift_cosine_unaligned", "churn_topk_overlap", "new_item_exposure", "align_applied"} <= set(metrics)
+    assert metrics["new_item_exposure_batch"] == 0.0  # same catalogue: the batch top-K holds no new item
