@@ -473,8 +473,9 @@ class TrackingCallbacks(Callbacks):
         from recsys import autotune
 
         log_metrics({"n_trials_pruned": sum(getattr(t, "state", "") == "pruned" for t in trials)})
-        log_json(autotune.param_importances(trials), "tuning/param_importance.json")
-        for name, fig in autotune.study_figures(trials).items():
+        importances = autotune.param_importances(trials)
+        log_json(importances, "tuning/param_importance.json")
+        for name, fig in autotune.study_figures(trials, importances).items():
             log_figure(fig, f"tuning/{name}.png")
 
     def tested(self, metrics: Mapping[str, float]) -> None:
