@@ -13,9 +13,9 @@ so :func:`select_mapper` measures it.
 Selection protocol (validation only; never ``test`` or ``test_cold``):
 
 1. *Eligible* items: content and ``>= min_count`` interactions in ``train``.
-2. ``n_folds`` (5) disjoint, seeded folds of ``holdout_frac`` (10%) of the eligible items (at most
-   ``max_items`` each) are held out as *pseudo-cold*: their CF vectors are hidden from
-   the mapper fit (which uses the other eligible items only).
+2. ``n_folds`` (5) disjoint, seeded folds of ``holdout_frac`` (10%) of the eligible items
+   (at most ``max_items`` each) are held out as *pseudo-cold*: their CF vectors are
+   hidden from the mapper fit (which uses the other eligible items only).
 3. Each candidate maps the pseudo-cold items' content into the CF space.
 4. Score: Recall@``k`` (default 20) per user, ranking only the pseudo-cold items of the
    fold, for every user with a ``valid`` interaction on one of them; relevant = those
@@ -23,10 +23,15 @@ Selection protocol (validation only; never ``test`` or ``test_cold``):
    CF user vectors of the model fitted on ``train``. Folds are pooled (user-folds).
 5. The incumbent is plain content nearest neighbours (``knn``, k=20). A candidate
    qualifies only if its per-user recall beats the incumbent's, paired, by ``z`` (2)
-   standard errors and its mean gain is positive in every fold; the best qualified one wins (ties to the earlier in the grid order
-   ridge, kNN, blend), and a blend must beat the best qualified plain ridge / kNN by
-   ``min_gain`` (1% relative) or the plain one is kept. So on data where content says
-   nothing the choice is content kNN, never a lucky grid point.
+   standard errors and its mean gain is positive in every fold; the best qualified one
+   wins (ties to the earlier in the grid order ridge, kNN, blend), and a blend must beat
+   the best qualified plain ridge / kNN by ``min_gain`` (1% relative) or the plain one is
+   kept. So on data where content says nothing the choice is content kNN, never a lucky
+   grid point.
+
+The CF user vectors saw the pseudo-cold items' train interactions (no refit per fold), so
+validation recall runs higher than recall on truly cold items; only the candidates'
+order is used.
 
 Every mapper has ``fit(content_warm, cf_warm)`` and ``transform(content_cold)``
 (``predict`` is the same, the name :class:`~recsys.embeddings.blend.ContentBlender` calls).
@@ -59,10 +64,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return (x / np.where(n > 0, n, 1.0)).astype(np.float32)
 
 
-def knn_neighbours(query: np.ndarray, base: np.ndarray, k: int, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+def knn_neighbours(query: np.ndarray, base: np.ndarray, k: int, max_floats: int = 1 << 25) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` most cosine-similar ``base`` rows of each ``query`` row, most similar first.
 
-    Chunked over queries so memory stays at ``chunk * len(base)`` similarities.
+    Chunked over queries so at most ``max_floats`` similarities (128 MB) exist at once,
+    whatever the catalogue size.
 
     Returns
     -------
@@ -72,6 +78,7 @@ def knn_neighbours(query: np.ndarray, base: np.ndarray, k: int, chunk: int = 204
     k = min(int(k), len(b))
     idx = np.empty((len(q), k), np.int64)
     sims = np.empty((len(q), k), np.float32)
+    chunk = max(1, min(len(q), max_floats // max(len(b), 1)))
     for s in range(0, len(q), chunk):
         sim = q[s:s + chunk] @ b.T
         part = np.argpartition(-sim, k - 1, axis=1)[:, :k] if k < len(b) else np.tile(np.arange(len(b)), (len(sim), 1))
