@@ -15,16 +15,17 @@ metrics comparison. Both implementations must agree to 1e-9 on every metric; the
 script exits 1 otherwise. Medians of repeats are reported.
 
 ``--scale`` measures evaluation at the 20M-event shape instead (issue 18: 400k users x
-100k items, 128-d vectors, synthetic taste clusters so the metrics are not zero; about 26
+100k items, 128-d vectors, synthetic taste clusters of ~150 items so the metrics are not
+zero; about 26
 train and 2 test items per user): the scoring GEMM alone (chunked into 256 MiB blocks, a
 preallocated output: the bound), the new ``evaluate`` (batched scoring + the multi-threaded
 exact top-k of :mod:`recsys.ranking`), the old path (``recommend`` as it was before: a copy
 of every score block, per-block ``nonzero`` exclusion, one single-threaded ``argpartition``)
 on ``--old-users`` users, extrapolated per user, and the ratio new / GEMM (target <= 2.0).
 The users are cut into rounds and each round is timed GEMM, then new, then old, so a
-change in the load of the shared machine hits every path alike. Then the metrics of a
-seeded sample of ``--sample`` users are checked against the full ones (within 2 standard
-errors).
+change in the load of the shared machine hits every path alike. Then the metrics of
+``--sample-seeds`` seeded samples of ``--sample`` users are checked against the full ones
+(about 95% of them should lie within 2 standard errors; the script exits 1 below 80%).
 
     .venv/bin/python benchmarks/bench_evaluation.py --quick
     .venv/bin/python benchmarks/bench_evaluation.py
@@ -149,7 +150,7 @@ def synthetic(n_users: int, n_items: int, dim: int, seed: int = 0
               ) -> tuple[np.ndarray, np.ndarray, sp.csr_matrix, sp.csr_matrix]:
     """Vectors with taste clusters, ~26 train and ~2 test items per user (80% in the user's cluster)."""
     rng = np.random.default_rng(seed)
-    n_clusters = 64
+    n_clusters = max(16, n_items // 150)  # ~150 items a cluster at every size: metrics comparable across shapes
     centers = rng.standard_normal((n_clusters, dim), dtype=np.float32)
     item_c = np.sort(rng.integers(0, n_clusters, n_items))  # items of a cluster are contiguous
     user_c = rng.integers(0, n_clusters, n_users)
@@ -276,13 +277,15 @@ def scale_main(args: argparse.Namespace) -> int:
     full = {k: v / n_total for k, v in sums.items()}
     scale_old = n_total / max(n_old, 1)
     c_sample = Clock()
-    with c_sample:
-        sample = sample_users(test, args.sample, seed=args.seed)
-        samp = evaluate(new, train, test, ks=KS, users=sample, item_popularity=pop, show_progress=False)
     checks = []
-    for key, v in full.items():
-        z = (samp[key] - v) / samp[f"{key}_se"]
-        checks.append({"metric": key, "full": v, "sample": samp[key], "se": samp[f"{key}_se"], "z": z, "ok": abs(z) <= 2})
+    for seed in range(args.seed, args.seed + args.sample_seeds):
+        with c_sample if seed == args.seed else Clock():  # timed once
+            sample = sample_users(test, args.sample, seed=seed)
+            samp = evaluate(new, train, test, ks=KS, users=sample, item_popularity=pop, show_progress=False)
+        for key, v in full.items():
+            z = (samp[key] - v) / samp[f"{key}_se"]
+            checks.append({"seed": seed, "metric": key, "full": v, "sample": samp[key], "se": samp[f"{key}_se"],
+                           "z": z, "ok": abs(z) <= 2})
 
     print(f"\nevaluation at {n_users} users x {n_items} items (dim {args.dim}, ks {KS}, {n_total} users with test "
           f"items, {len(rounds)} interleaved rounds)")
@@ -301,11 +304,14 @@ def scale_main(args: argparse.Namespace) -> int:
               f"{cpu / (c_gemm.cpu * share):>6.2f}x {n / wall if wall else nan:>8.0f}")
     print(f"ratio new / GEMM = {c_new.wall / c_gemm.wall:.2f} wall, {c_new.cpu / c_gemm.cpu:.2f} cpu (target <= 2.0); "
           f"old / new = {c_old.wall / max(c_new_sub.wall, 1e-9):.1f}x wall on the same {n_old} users")
-    print(f"\nsampled ({len(sample)} users, seed {args.seed}) vs full metrics:")
-    print(f"{'metric':<14} {'full':>8} {'sample':>8} {'se':>8} {'z':>6}")
+    print(f"\nsampled ({len(sample)} users, seeds {args.seed}..{args.seed + args.sample_seeds - 1}) vs full metrics:")
+    print(f"{'seed':>4} {'metric':<14} {'full':>8} {'sample':>8} {'se':>8} {'z':>6}")
     for c in checks:
-        print(f"{c['metric']:<14} {c['full']:>8.4f} {c['sample']:>8.4f} {c['se']:>8.4f} {c['z']:>6.2f}"
+        print(f"{c['seed']:>4} {c['metric']:<14} {c['full']:>8.4f} {c['sample']:>8.4f} {c['se']:>8.4f} {c['z']:>6.2f}"
               f"{'' if c['ok'] else '  OUTSIDE 2 SE'}")
+    within = float(np.mean([c["ok"] for c in checks]))
+    print(f"within 2 SE: {within:.0%} of {len(checks)} (seed, metric) pairs (about 95% expected; the metrics of one "
+          f"seed move together)")
     write_json(ROOT / "benchmarks" / "results" / f"evaluation_scale_{n_users}x{n_items}.json", {
         "shape": [n_users, n_items], "dim": args.dim, "ks": KS, "users_evaluated": n_total, "rounds": len(rounds),
         "wall_s": {"gemm": c_gemm.wall, "new": c_new.wall, "old": c_old.wall, "new_same_users": c_new_sub.wall,
@@ -317,7 +323,7 @@ def scale_main(args: argparse.Namespace) -> int:
         "load_average_end": os.getloadavg()[0],
         "python": platform.python_version(), "machine": platform.machine(),
     })
-    return 0 if all(c["ok"] for c in checks) else 1
+    return 0 if within >= 0.8 else 1
 
 
 def main() -> int:
@@ -330,6 +336,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=8, help="--scale: interleaved timing rounds")
     ap.add_argument("--old-users", type=int, default=16000, help="--scale: users the old path is timed on (0: skip)")
     ap.add_argument("--sample", type=int, default=20000, help="--scale: users of the sampled evaluation")
+    ap.add_argument("--sample-seeds", type=int, default=5, help="--scale: samples (seeds) checked against the full metrics")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     if args.scale:
