@@ -68,6 +68,8 @@ class Progress:
         names the module doing the work.
     clock : callable
         Monotonic seconds; injectable for tests.
+    closing_line : bool
+        Log the total when a long step ends; ``False`` when the caller logs its own summary.
 
     Examples
     --------
@@ -79,10 +81,11 @@ class Progress:
 
     def __init__(self, step: str, total: int | None = None, unit: str = "it", interval: float = DEFAULT_INTERVAL,
                  show_progress: bool = False, logger: logging.Logger | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, closing_line: bool = True) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be > 0 seconds, got {interval!r}")
         self.step, self.total, self.unit, self.interval = step, total, unit, float(interval)
+        self.closing_line = closing_line
         self.log = logger or log
         self.clock = clock
         self.n = 0
@@ -143,7 +146,7 @@ class Progress:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        if self.elapsed >= self.interval:
+        if self.closing_line and self.elapsed >= self.interval:
             self.log.info("%s: done, %d %s in %s (%.3g %s/s)", self.step, self.n, self.unit,
                           format_seconds(self.elapsed), self.rate, self.unit)
 

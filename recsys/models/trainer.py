@@ -186,7 +186,7 @@ class Trainer:
             it = prefetch(loader) if host_to_gpu else iter(loader)
             cut = False
             with Progress(f"two-tower epoch {epoch}/{cfg.epochs}", n_batches, "batches", logger=log,
-                          show_progress=show_progress and self.dist.is_main) as bar:  # fmt: skip
+                          show_progress=show_progress and self.dist.is_main, closing_line=False) as bar:  # fmt: skip
                 for batch in it:
                     total += self.step(batch)
                     n += 1
