@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,18 +134,14 @@ def test_churn_excludes_the_seen_items_of_both_versions():
 
 # -- `recsys run`: the align step between blend and export ---------------------------------------
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(ws, out, *extra):
     from pipelines.cli import main
+    from tests.test_update import _run_args
 
-    return main(["run", "--out", str(out), "--events", str(ws / "ratings.csv"), "--user-col", "userId",
-                 "--item-col", "movieId", "--weight-col", "rating", "--time-col", "timestamp",
-                 "--tracking-uri", f"sqlite:///{ws / 'mlruns.db'}", "--no-progress",
-                 "--set", 'models.baselines=[]', "--set", 'models.train=["als"]', "--set", "models.als.factors=16",
-                 "--set", "models.als.iterations=3", "--set", "content.enabled=false", "--set", "index.n_queries=100",
-                 "--set", "promotion.tolerance=0.5", "--set", "align.churn_users=50", *extra])
+    return main([*_run_args(ws, out), "--set", "promotion.tolerance=0.5", *extra])
 
 
 @pytest.mark.slow  # two `recsys run`s with a fresh MLflow store: ~1-2 min on 2 shared cores
