@@ -170,3 +170,35 @@ def test_the_protocol_tracks_why_training_stopped(step_clock, tmp_path):
     assert m["stop_budget"] == 1.0 and "stop_epochs" not in m and "stop_patience" not in m
     assert m["train_minutes"] > 0
     assert m["valid_best_epoch"] < FAST["epochs"]
+
+
+def _ddp_budget_worker(rank: int, world: int, init: str, out: str) -> None:
+    """Rank 1's clock runs 3x as fast: alone it would stop two epochs in, rank 0 six."""
+    from recsys.models.distributed import cleanup, init_distributed
+
+    torch.set_num_threads(1)
+    steps = {"n": 0}
+    real_step = trainer_mod.Trainer.step
+
+    def counting_step(self, batch):
+        steps["n"] += 1
+        return real_step(self, batch)
+
+    trainer_mod.Trainer.step = counting_step
+    trainer_mod._clock = lambda: float(steps["n"] * (3 if rank == 1 else 1))
+    init_distributed("gloo", init, rank=rank, world_size=world)
+    try:
+        csr, pairs, _, feats = synthetic()
+        m = TwoTower(**{**FAST, "max_minutes": 35 / 60}).fit(csr, pairs=pairs, item_features=feats)
+        np.save(f"{out}.{rank}.npy", np.array([len(m.history_), steps["n"], m.stop_reason_ == "budget"]))
+    finally:
+        cleanup()
+
+
+def test_data_parallel_ranks_agree_on_the_budget_stop(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_ddp_budget_worker, args=(2, f"file://{tmp_path / 'pg'}", str(tmp_path / "out")), nprocs=2, join=True)
+    r0, r1 = (np.load(tmp_path / f"out.{r}.npy") for r in (0, 1))
+    # both stop before epoch 3 (rank 1's clock says it would not fit): same epochs, same steps
+    assert r0.tolist() == r1.tolist() == [2, 2 * STEPS_PER_EPOCH, 1]
