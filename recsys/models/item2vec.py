@@ -12,7 +12,7 @@ The model (:class:`Item2Vec`):
   are its contexts (each centre draws its reach uniformly in ``1..window``); occurrences
   of popular items are dropped with word2vec's subsampling (threshold ``subsample``);
   ``negatives`` negatives per pair are drawn from the counts raised to ``ns_exponent``
-  (0.75). ``docs/item2vec.md`` says why gensim rather than PyTorch (measured here: 3-4x
+  (0.75). ``docs/item2vec.md`` says why gensim rather than PyTorch (measured here: 3-5x
   faster on 2 CPU cores at the same epochs, dims and window, same accuracy).
 * **Vectors**: item vectors are the input embeddings (unit-normalised with
   ``normalize``, the default chosen on validation); items in no training pair get the
@@ -77,7 +77,9 @@ class Item2VecParams:
     """Every hyperparameter of :class:`Item2Vec` (the ``[models.item2vec]`` keys).
 
     ``dim`` vector size; ``window`` maximum distance between a centre and a context item
-    (word2vec's dynamic window: each centre draws its reach in ``1..window``);
+    (word2vec's dynamic window: each centre draws its reach in ``1..window``; 20 and
+    ``popularity_bias`` 0.15 are what validation chose on latest-small and ML-100K,
+    ``benchmarks/bench_item2vec.py``);
     ``negatives`` sampled negatives per pair; ``ns_exponent`` exponent of the negative
     sampling distribution (counts ** 0.75, as word2vec; negative values favour rare
     items); ``subsample`` word2vec's threshold ``t`` for dropping occurrences of popular
@@ -91,7 +93,7 @@ class Item2VecParams:
     """
 
     dim: int = 64
-    window: int = 5
+    window: int = 20
     negatives: int = 5
     ns_exponent: float = 0.75
     subsample: float = 1e-3
@@ -99,7 +101,7 @@ class Item2VecParams:
     lr: float = 0.025
     min_lr: float = 1e-4
     normalize: bool = True
-    popularity_bias: float = 0.3
+    popularity_bias: float = 0.15
     pooling: str = "mean"
     seed: int = 42
     workers: int = 1
