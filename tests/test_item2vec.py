@@ -204,3 +204,25 @@ def test_an_item_without_training_pairs_has_no_neighbours_and_a_zero_vector():
     assert (ids == -1).all() and np.isneginf(scores).all()
     assert not np.any(model.item_factors_[30, :16])
     assert 30 not in model.similar_items(0, k=29)[0]
+
+
+def test_a_bundle_of_item2vec_vectors_serves_the_models_recommendations_in_a_fresh_process(tmp_path: Path):
+    """What `recsys run --set models.publish='"item2vec"'` exports: the index answers like the model."""
+    from recsys.serving.bundle import IndexConfig, export_bundle
+
+    df = _clustered_log()
+    m = _matrix(df, (150, 30))
+    model = Item2Vec(**FAST).fit(m, sequences=ItemSequences.from_frame(df, 150))
+    info = export_bundle(tmp_path, item_vectors=model.item_factors_, item_ids=[str(i) for i in range(30)],
+                         user_vectors=model.user_factors_, user_ids=[str(u) for u in range(150)], seen=model.user_items_,
+                         similarity=model.similarity, foldin=model.foldin_spec(), config=IndexConfig(n_trees=5, n_jobs=1))
+    hist = m[7].indices
+    code = ("import json; from recsys.serving.retriever import Retriever; "
+            f"r = Retriever.load({str(info.path)!r}); a, _ = r.recommend('7', k=5); "
+            f"b, _ = r.recommend_from_history({[str(i) for i in hist]}, k=5); print(json.dumps([a.tolist(), b.tolist()]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    served, folded = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = [str(i) for i in model.recommend(7, k=5)[0]]
+    assert served == expected
+    assert folded == expected, "the bundle's mean fold-in of user 7's history is user 7's trained vector"
