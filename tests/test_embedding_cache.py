@@ -94,3 +94,20 @@ def test_item_texts_join_columns_lists_and_tags_readably() -> None:
     tags = pl.DataFrame({"movieId": [1, 1, 1, 2], "tag": ["Pixar", "pixar ", "fun", ""]})
     agg = aggregate_tags(tags, "movieId").sort("movieId")
     assert agg["tags"].to_list() == [["pixar", "fun"]]
+
+
+def test_a_long_encoding_is_stored_chunk_by_chunk_so_a_crash_loses_one_chunk(movies, tfidf, tmp_path) -> None:
+    texts = item_texts(movies.head(10), ["title", "genres"])
+
+    class CrashOnThirdCall(CountingEncoder):
+        def encode(self, batch):
+            if len(self.calls) == 2:
+                raise RuntimeError("killed")
+            return super().encode(batch)
+
+    with pytest.raises(RuntimeError, match="killed"):
+        EmbeddingCache(tmp_path, chunk_size=4).encode(texts, CrashOnThirdCall(tfidf))
+    rerun = CountingEncoder(tfidf)
+    vecs = EmbeddingCache(tmp_path, chunk_size=4).encode(texts, rerun)
+    assert rerun.n_encoded == 2  # the two chunks done before the crash were kept
+    np.testing.assert_allclose(vecs, tfidf.encode(texts), atol=1e-6)
