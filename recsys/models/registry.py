@@ -353,7 +353,7 @@ for _f in (
                 description="PyTorch two-tower with in-batch softmax; history-pooled users"),
     ModelFamily("item2vec", "recsys.models.item2vec:Item2Vec", vectors=True, fold_in=True,
                 params="recsys.models.item2vec:Item2VecParams",
-                protocol="recsys.models.item2vec:select_on_validation", refit_on_all=False,
+                protocol="recsys.training_item2vec:select_on_validation", refit_on_all=False,
                 description="skip-gram with negative sampling over time-ordered histories; mean-pooled users"),
 ):
     register(_f)
