@@ -127,6 +127,7 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
     if has_valid and refit:
         seen = dataset.matrix("train", "valid")
         model = _refit(model, dataset, feats, int(model_params.get("ensemble", 1)), budget.refit_minutes())
+        model.max_minutes = model_params.get("max_minutes")  # the run's budget, not the refit's remainder
         summary["refit_epochs"] = float(model.epochs)
         reasons.append("budget" if model.stop_reason_ == "budget" else reasons[0])
     # why training ended, as metrics MLflow shows: stop_budget / stop_patience / stop_epochs = 1

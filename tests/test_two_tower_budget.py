@@ -166,7 +166,9 @@ def test_the_protocol_tracks_why_training_stopped(step_clock, tmp_path):
                  IdMap([str(i) for i in range(N_ITEMS)], "item"))
     params = {**FAST, "user_id_dim": 0, "item_features": "none", "max_minutes": 10 / 60}
     _, run_id, _ = fit_and_log(ds, params, local_sqlite_uri(tmp_path), "tt-budget", tmp_path / "out")
-    m = mlflow.MlflowClient(local_sqlite_uri(tmp_path)).get_run(run_id).data.metrics
+    run = mlflow.MlflowClient(local_sqlite_uri(tmp_path)).get_run(run_id)
+    m = run.data.metrics
+    assert run.data.params["final.max_minutes"] == str(10 / 60)  # the run's budget, not the refit's remainder
     assert m["stop_budget"] == 1.0 and "stop_epochs" not in m and "stop_patience" not in m
     assert m["train_minutes"] > 0
     assert m["valid_best_epoch"] < FAST["epochs"]
