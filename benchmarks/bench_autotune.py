@@ -125,6 +125,20 @@ def run(name: str, ds: Any, budget: float, oracle_budget: float, threads: int, m
     return row
 
 
+def run_datasets(names: str, out: Path, fn: Any) -> dict[str, Any]:
+    """``fn(name, dataset)`` for each comma-separated dataset name; rows saved to ``out`` after each one."""
+    rows = json.loads(out.read_text()) if out.exists() else {}
+    with tempfile.TemporaryDirectory(prefix="bench-") as d:
+        for name in [s.strip() for s in names.split(",") if s.strip()]:
+            ds = build(name, Path(d))
+            if ds is None:
+                continue
+            rows[name] = fn(name, ds)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(rows, indent=2, default=str) + "\n")  # partial results survive a kill
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", default="small,100k,skewed,sparse,nometa")
@@ -137,15 +151,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("recsys.models", "recsys.evaluation", "recsys.data", "recsys.tuning", "recsys.progress"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    rows = json.loads(args.out.read_text()) if args.out.exists() else {}
-    with tempfile.TemporaryDirectory(prefix="bench-autotune-") as d:
-        for name in [s.strip() for s in args.datasets.split(",") if s.strip()]:
-            ds = build(name, Path(d))
-            if ds is None:
-                continue
-            rows[name] = run(name, ds, args.budget, args.oracle_budget or args.budget, args.threads, args.max_trials)
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(rows, indent=2, default=str) + "\n")  # after each dataset: partial results kept
+    rows = run_datasets(args.datasets, args.out, lambda name, ds: run(name, ds, args.budget, args.oracle_budget
+                                                                      or args.budget, args.threads, args.max_trials))
     cols = ["packaged_ndcg@10", "tuned_ndcg@10", "oracle_ndcg@10", "tuned/oracle", "tuned/packaged", "tuned_trials",
             "tuned_pruned", "tuned_minutes", "oracle_trials", "oracle_minutes"]
     print(format_table({k: {c: float(v[c]) for c in cols} for k, v in rows.items()}, metrics=cols, name_header="dataset"))
