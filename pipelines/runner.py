@@ -21,6 +21,8 @@ from pipelines import recommend_batch, steps
 from recsys.data.dataset import Dataset
 from recsys.config import RunConfig
 from recsys.errors import QualityGateError
+from recsys.models.fusion import choose_published
+from recsys.models.registry import get_family
 from recsys.io import sha256_file, write_json, write_text
 from recsys.workflow import StepResult, Workflow, fingerprint_files
 
@@ -108,6 +110,13 @@ class Runner:
             res = self._step(f"train-{name}", inputs, lambda n=name, p=params, t=tune: steps.train_step(ctx, ds, n, p, t))
             trained[name] = res
             self.metrics[name] = steps.load_result(res.outputs)["metrics_test"]
+        publish_reason = f"configured ([models] publish = {publish!r})"
+        if publish == "best":  # the vector family best on validation; the test split is never consulted
+            publish, publish_reason = choose_published(
+                {n: steps.load_result(trained[n].outputs)["metrics_valid"] for n in train if get_family(n).vectors},
+                self.cfg.promotion.metric)
+            log.info("publishing %s: %s", publish, publish_reason)
+        self.record["publish"] = {"model": publish, "reason": publish_reason}
         published = steps.load_result(trained[publish].outputs)
 
         content_cfg = self.cfg.section("content")
@@ -128,6 +137,7 @@ class Runner:
                                                         selection_model_path=trained[publish].outputs["model_path"]))
         index_cfg = self.cfg.section("index")
         extra = {"dataset_manifest_sha256": ds_res.outputs.get("manifest_sha256"), "model": publish,
+                 "publish_reason": publish_reason,
                  "params": published["params"], "refit_on_all": refit, "train_run_id": published["run_id"],
                  "vector_sources": blend_res.outputs.get("sources"),
                  "cold_start_mapper": blend_res.outputs.get("mapper")}

@@ -183,7 +183,7 @@ class ModelsSection(BaseModel):
 
     baselines: list[str] = ["most-popular", "item-knn"]
     train: list[str] = ["als"]
-    publish: str | None = None
+    publish: str | None = None  # a trained vector family, or "best" (best on validation, never test)
 
     @pydantic.model_validator(mode="after")
     def _families(self) -> ModelsSection:
@@ -192,9 +192,14 @@ class ModelsSection(BaseModel):
         if not self.train:
             raise ValueError("[models] train is empty: name at least one model family to train")
         publish = self.publish or self.train[0]
-        if publish not in self.train:
-            raise ValueError(f"[models] publish = {publish!r} must be one of the trained models {self.train}")
-        if not registry.get_family(publish).vectors:
+        if publish == "best":  # the trained vector family best on validation, chosen after training
+            if not [n for n in self.train if registry.get_family(n).vectors]:
+                raise ValueError(f'[models] publish = "best" needs a trained vector model '
+                                 f"{registry.family_names(vectors=True)} in [models] train {self.train}")
+        elif publish not in self.train:
+            raise ValueError(f"[models] publish = {publish!r} must be one of the trained models {self.train} "
+                             '(or "best")')
+        elif not registry.get_family(publish).vectors:
             raise ValueError(f"[models] publish must be a vector model {registry.family_names(vectors=True)}, "
                              f"got {publish!r}")
         self.publish = publish

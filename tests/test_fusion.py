@@ -93,3 +93,23 @@ def test_bad_fusions_are_refused(data) -> None:
     with pytest.raises(InputError, match="share users and items"):
         fuse([a, other], [0.5, 0.5])
     assert score_scale(FixedVectors.from_vectors(np.zeros((200, 2)), np.zeros((80, 2)), train)) == 1.0
+
+
+def test_publish_best_takes_the_best_validation_score_and_says_why() -> None:
+    from recsys.models.fusion import choose_published
+
+    name, reason = choose_published({"als": {"ndcg@10": 0.30}, "two-tower": {"ndcg@10": 0.32}, "bpr": {}})
+    assert name == "two-tower" and "0.3200" in reason and "als 0.3000" in reason
+    assert choose_published({"als": {"ndcg@10": 0.3}, "bpr": {"ndcg@10": 0.3}})[0] == "als"  # ties: train order
+    with pytest.raises(InputError, match="publish to a family name"):
+        choose_published({"als": {}}, "ndcg@10")
+
+
+def test_publish_best_is_valid_config_only_with_a_trained_vector_family() -> None:
+    from recsys.config import validate_config
+    from recsys.errors import ConfigError
+
+    cfg = validate_config({"models": {"train": ["als", "bpr"], "publish": "best"}})
+    assert cfg.models.publish == "best"
+    with pytest.raises(ConfigError, match="needs a trained vector model"):
+        validate_config({"models": {"train": ["item-knn"], "publish": "best"}})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from recsys.models.base import FactorModel
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FusedVectors", "score_scale", "fuse", "select_weights"]
+__all__ = ["FusedVectors", "score_scale", "fuse", "select_weights", "choose_published"]
 
 
 class FusedVectors(FactorModel):
@@ -134,3 +134,24 @@ def select_weights(models: Sequence[Any], train: sp.csr_matrix, valid: sp.csr_ma
     log.info("fusion weights %s chosen on validation: %s=%.4f (single families: %s)", dict(zip(names or [], best)),
              metric, scores[best], {w: round(s, 4) for w, s in scores.items() if max(w) == 1.0})
     return fuse(models, best, names, scales, user_items=train), scores
+
+
+def choose_published(valid_metrics: Mapping[str, Mapping[str, float]], metric: str = "ndcg@10") -> tuple[str, str]:
+    """``[models] publish = "best"``: the model with the best **validation** ``metric``, and why.
+
+    ``valid_metrics`` maps each candidate (the trained vector families) to its validation
+    metrics; the test split is never consulted. Ties go to the first candidate (the order
+    of ``[models] train``).
+
+    Raises
+    ------
+    InputError
+        No candidate has the validation metric (no valid split, or another metric name).
+    """
+    scored = {name: float(m[metric]) for name, m in valid_metrics.items() if m and metric in m}
+    if not scored:
+        raise InputError(f'[models] publish = "best" needs validation {metric} of the trained vector models; '
+                         f"none has it (is the valid split empty?); set publish to a family name")
+    best = max(scored, key=lambda n: (scored[n], -list(scored).index(n)))
+    others = ", ".join(f"{n} {s:.4f}" for n, s in scored.items() if n != best) or "no other candidate"
+    return best, f"best validation {metric}: {best} {scored[best]:.4f} (vs {others})"
