@@ -214,3 +214,17 @@ def test_trials_are_child_runs_with_importance_and_history_plots(data: Dataset, 
     files = {f.path for f in client.list_artifacts(parent.info.run_id, "tuning")}
     assert {"tuning/trials.json", "tuning/optimization_history.png", "tuning/param_importance.json"} <= files
     assert "tuning/param_importances.png" in files
+
+
+def test_retune_flag_reaches_the_train_step_context(tmp_path: Path) -> None:
+    import argparse
+
+    from pipelines import run as run_cmd
+    from pipelines.runner import Runner
+
+    parser = argparse.ArgumentParser()
+    run_cmd.add_arguments(parser)
+    args = parser.parse_args(["--out", str(tmp_path), "--retune"])
+    assert args.retune and not parser.parse_args(["--out", str(tmp_path)]).retune
+    runner = Runner(tmp_path, validate_config({}), None, "sqlite:///unused.db", retune=args.retune)
+    assert runner.ctx.retune is True
