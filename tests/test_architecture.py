@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     # 0: shared utilities every layer may use (no model or data knowledge)
     "errors": 0, "io": 0, "device": 0, "lock": 0, "callbacks": 0, "progress": 0, "workflow": 0, "plots": 0,
     "metrics": 0, "ranking": 0, "evaluation": 0, "tracking": 0,
+    "autotune": 0,  # search spaces and Optuna studies over any objective (imports only errors)
     # 1-5: the data flow
     "data": 1,
     "models": 2,
@@ -31,8 +32,10 @@ LAYERS: dict[str, int] = {
     "index": 4,
     "serving": 5,
     # 6: orchestration of the layers (protocols, config schema, promotion), used by pipelines/
-    "training": 6, "training_two_tower": 6, "tuning": 6, "tuning_cache": 6, "config": 6, "promotion": 6,
-    "fusion": 6, "lifelong": 6, "autotune": 6, "recsys": 6,
+    "training": 6, "training_two_tower": 6, "training_item2vec": 6, "tuning": 6, "tuning_cache": 6, "config": 6, "promotion": 6,
+    "fusion": 6, "lifelong": 6, "recsys": 6,
+    # 7: engines that run the layers elsewhere (Spark: dataset build, batch top-K, ALS)
+    "spark": 7,
 }
 
 
@@ -50,6 +53,8 @@ def _imports() -> list[tuple[str, int, str]]:
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module == "recsys":
+                names = [f"recsys.{a.name}" for a in node.names]  # `from recsys import autotune`
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
             elif isinstance(node, ast.ImportFrom) and node.level:
