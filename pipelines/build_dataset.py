@@ -109,11 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--previous", type=Path, help="dataset whose id maps to extend (default: the one at --out, if any)")
     parser.add_argument("--fresh-ids", action="store_true", help="do not reuse the id maps of an existing dataset at --out")
     parser.add_argument("--no-hash", action="store_true", help="skip sha256 of input files in the manifest")
+    parser.add_argument("--engine", choices=["polars", "spark"], help="polars on this node (default) or Spark ([engine] master, conf; docs/spark.md)")
     add_input_arguments(parser)
 
 
 def _merged(args: argparse.Namespace, toml: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    known = {"", "events", "items", "weights", "filter", "split"}
+    known = {"", "events", "items", "weights", "filter", "split", "engine"}  # [engine] is read by main()
     unknown = set(k for k, v in toml.items() if isinstance(v, dict)) - known
     if unknown:
         raise ConfigError(f"unknown config section(s) {sorted(unknown)}; known: {sorted(known - {''})}")
@@ -212,9 +213,15 @@ def main(args: argparse.Namespace) -> int:
 
     # a config file is validated whole (it may be the run config: its other sections are
     # checked too, but only the dataset sections are read); no file: the library's defaults
-    toml = effective_config(args, packaged=False).dataset_dict() if args.config else {}
+    run_config = effective_config(args, packaged=False) if args.config else None
+    toml = run_config.dataset_dict() if run_config else {}
     config = build_config_from(args, toml)
-    ds = build_dataset(config, args.out, previous=args.previous, reuse_ids=not args.fresh_ids)
+    if (run_config.engine.name if run_config else getattr(args, "engine", None)) == "spark":
+        from pipelines.spark_engine import build_on_spark
+
+        ds = build_on_spark(config, args, run_config.engine if run_config else None)
+    else:
+        ds = build_dataset(config, args.out, previous=args.previous, reuse_ids=not args.fresh_ids)
     rows = ds.manifest["rows"]
     print(f"dataset written to {args.out}")
     print(f"  weighting: {ds.manifest['weighting']['description']}")

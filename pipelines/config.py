@@ -69,6 +69,7 @@ KEYS: dict[str, tuple[str, str]] = {
     "cold_min_interactions": ("split", "cold_min_interactions"),
     "seed": ("", "seed"),
     "max_reject_share": ("", "max_reject_share"),
+    "engine": ("engine", "name"),  # build-dataset --engine polars|spark
 }
 #: optional columns that an empty flag value (``--time-col ''``) removes from the file's config
 CLEARABLE = ("weight_col", "time_col", "event_col")

@@ -39,7 +39,7 @@ __all__ = ["RunConfig", "EmbedContentConfig", "validate_config", "DATASET_SECTIO
 #: sections read by ``recsys build-dataset`` (plus the top-level keys of :class:`RunConfig`)
 DATASET_SECTIONS = ("events", "items", "weights", "filter", "split")
 #: sections read only by ``recsys run``
-RUN_SECTIONS = ("models", "evaluation", "content", "refit", "align", "index", "batch", "promotion", "tracking")
+RUN_SECTIONS = ("models", "evaluation", "content", "refit", "align", "index", "batch", "promotion", "tracking", "engine")
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -225,6 +225,14 @@ class ModelsSection(BaseModel):
         return (self.model_extra or {}).get(name, {}).get("tune")
 
 
+class EngineSection(_Section):
+    """``[engine]``: where ``build-dataset`` (and the batch top-K) run: polars on this node or Spark."""
+
+    name: Literal["polars", "spark"] = "polars"
+    master: str = "local[*]"                 # Spark master: local[N], spark://HOST:PORT, yarn, k8s://...
+    conf: dict[str, str | int | float | bool] = Field(default_factory=dict)  # extra Spark settings
+
+
 class RunConfig(_Section):
     """The whole configuration of ``recsys run`` (``recsys build-dataset`` reads its dataset part)."""
 
@@ -245,6 +253,7 @@ class RunConfig(_Section):
     batch: BatchSection = BatchSection()
     promotion: PromotionSection = PromotionSection()
     tracking: TrackingSection = TrackingSection()
+    engine: EngineSection = EngineSection()
 
     def dataset_dict(self) -> dict[str, Any]:
         """The dataset part as given (validated and coerced; unset keys left to the library's defaults)."""

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "io": 0, "device": 0, "lock": 0, "callbacks": 0, "progress": 0, "workflow": 0, "plots": 0,
     "metrics": 0, "ranking": 0, "evaluation": 0, "tracking": 0,
     "autotune": 0,  # search spaces and Optuna studies over any objective (imports only errors)
+    "spark": 0,  # the SparkSession of the Spark engine, refused fast on a bad set-up (imports only errors)
     # 1-5: the data flow
     "data": 1,
     "models": 2,

@@ -1,0 +1,145 @@
+"""The Spark engine builds the dataset the polars engine builds, row for row (docs/spark.md).
+
+One local[2] SparkSession serves the whole test session (starting a JVM costs ~10-25 s).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+pytest.importorskip("pyspark")
+if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+    pytest.skip("the Spark engine needs Java (apt-get install openjdk-17-jre-headless)", allow_module_level=True)
+
+from recsys.data.build import BuildConfig, WeightConfig, build_dataset  # noqa: E402
+from recsys.data.readers import InputSpec  # noqa: E402
+from recsys.data.spark_build import build_dataset_spark  # noqa: E402
+from recsys.data.splits import SplitConfig  # noqa: E402
+from recsys.data.validate import ColumnMapping  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+ML_SMALL = ROOT / "data" / "movielens-latest-small"
+BAD_ROWS = [  # (column: value, reason) -- one row of each kind of rejected row
+    ({"u": None}, "user_id_missing"), ({"u": "   "}, "user_id_missing"), ({"i": ""}, "item_id_missing"),
+    ({"t": None}, "timestamp_missing"), ({"t": "yesterday-ish"}, "timestamp_unparsable"), ({"t": "-5"}, "timestamp_before_1970"),
+    ({"t": "99999999999"}, "timestamp_in_future"), ({"w": None}, "weight_missing"), ({"w": "abc"}, "weight_not_numeric"),
+    ({"w": "NaN"}, "weight_nan"), ({"w": "inf"}, "weight_infinite"), ({"w": "-1"}, "weight_negative"),
+    ({"w": "1e39"}, "weight_too_large"), ({"e": ""}, "event_type_missing"), ({"e": "  "}, "event_type_missing"),
+    ({"e": "teleport"}, "event_type_unknown"),
+]
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from recsys.spark import spark_session
+
+    session = spark_session("local[2]", {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "2"})
+    yield session
+    session.stop()
+
+
+def adversarial_log(path: Path, n: int = 3000, seed: int = 0) -> Path:
+    """A log of repeated pairs and event types with every kind of bad row spread through it."""
+    rng = np.random.default_rng(seed)
+    good = pl.DataFrame({
+        "u": [f"u{x}" for x in rng.integers(0, 60, n)],
+        "i": [str(x) for x in rng.zipf(1.5, n) % 80],
+        "w": [f"{x:.1f}" for x in rng.uniform(0.5, 5, n)],
+        "t": [str(x) for x in rng.choice(np.arange(1_690_000_000, 1_700_000_000), n, replace=False)],  # no ties
+        "e": rng.choice(["view", "cart", "purchase"], n).tolist(),
+    })
+    rows = good.to_dicts()
+    for k, (bad, _) in enumerate(BAD_ROWS * 3):
+        pos = int(rng.integers(0, len(rows)))
+        rows.insert(pos, {**rows[pos], **bad})
+    pl.DataFrame(rows, schema={c: pl.String for c in "uitwe"}).write_csv(path)
+    return path
+
+
+def assert_same_dataset(a: Path, b: Path) -> None:
+    for name in ("train", "valid", "test", "test_cold", "user_map", "item_map", "items", "rejects"):
+        left, right = pl.read_parquet(a / f"{name}.parquet"), pl.read_parquet(b / f"{name}.parquet")
+        assert left.schema == right.schema, name
+        assert left.equals(right), f"{name}.parquet differs: {left.height} vs {right.height} rows"
+    import json
+
+    ma, mb = (json.loads((p / "manifest.json").read_text()) for p in (a, b))
+    for key in ("rows", "kcore", "id_maps", "split", "weighting", "seed", "items"):
+        assert ma[key] == mb[key], key
+    assert ma["input_profile"] == mb["input_profile"]
+
+
+def test_spark_engine_builds_the_polars_dataset_of_movielens(spark, tmp_path: Path) -> None:
+    cfg = BuildConfig(
+        InputSpec(str(ML_SMALL / "ratings.csv")), ColumnMapping("userId", "movieId", weight="rating", time="timestamp"),
+        items=InputSpec(str(ML_SMALL / "movies.csv")), item_id_col="movieId", item_text_cols=("title", "genres"),
+        weights=WeightConfig(aggregate="last", half_life_days=365.0),  # reference time: the newest accepted row
+        min_user_interactions=3, min_item_interactions=3, as_of="2026-12-31",
+        split=SplitConfig(test_frac=0.2, valid_frac=0.1, cold_item_frac=0.1), seed=7, hash_inputs=False,
+    )
+    build_dataset(cfg, tmp_path / "polars")
+    build_dataset_spark(cfg, tmp_path / "spark", spark=spark)
+    assert_same_dataset(tmp_path / "polars", tmp_path / "spark")
+
+
+def test_spark_engine_rejects_every_bad_row_kind_as_polars_does(spark, tmp_path: Path) -> None:
+    log = adversarial_log(tmp_path / "events.csv")
+    cfg = BuildConfig(
+        InputSpec(str(log)), ColumnMapping("u", "i", weight="w", time="t", event_type="e"),
+        weights=WeightConfig(event_weights={"view": 1.0, "cart": 3.0, "purchase": 10.0}, aggregate="sum", half_life_days=30.0),
+        min_user_interactions=2, min_item_interactions=2, as_of="2024-01-01", max_reject_share=0.5,
+        split=SplitConfig(test_frac=0.2, valid_frac=0.1, cold_item_frac=0.1), seed=3, hash_inputs=False,
+    )
+    polars_ds = build_dataset(cfg, tmp_path / "polars")
+    build_dataset_spark(cfg, tmp_path / "spark", spark=spark)
+    assert_same_dataset(tmp_path / "polars", tmp_path / "spark")
+    assert set(polars_ds.manifest["rows"]["rejected_by_reason"]) == {r for _, r in BAD_ROWS}
+    assert polars_ds.manifest["rows"]["duplicates_merged"] > 0
+
+
+def test_spark_engine_extends_a_previous_datasets_id_maps_like_polars(spark, tmp_path: Path) -> None:
+    first = adversarial_log(tmp_path / "a.csv", n=800, seed=1)
+    second = adversarial_log(tmp_path / "b.csv", n=800, seed=2)
+    base = BuildConfig(InputSpec(str(first)), ColumnMapping("u", "i", weight="w", time="t"), weights=WeightConfig(aggregate="last", weighting="threshold"),
+                       as_of="2024-01-01", max_reject_share=0.5, split=SplitConfig(strategy="temporal", test_frac=0.2, valid_frac=0.0), hash_inputs=False)
+    build_dataset(base, tmp_path / "prev")
+    nxt = dataclasses.replace(base, events=InputSpec(str(second)))
+    build_dataset(nxt, tmp_path / "polars", previous=tmp_path / "prev")
+    build_dataset_spark(nxt, tmp_path / "spark", previous=tmp_path / "prev", spark=spark)
+    assert_same_dataset(tmp_path / "polars", tmp_path / "spark")
+
+
+def _cli(env: dict[str, str], *flags: str, tmp_path: Path) -> tuple[int, str, float]:
+    argv = [sys.executable, "-m", "pipelines.cli", "build-dataset", "--engine", "spark", "--events", str(ML_SMALL / "ratings.csv"),
+            "--user-col", "userId", "--item-col", "movieId", "--no-hash", "--out", str(tmp_path / "ds"), *flags]
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stderr, time.perf_counter() - t0
+
+
+def test_no_java_exits_2_naming_the_fix_quickly(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = str(Path(sys.executable).parent)  # python, but no java
+    code, err, took = _cli(env, tmp_path=tmp_path)
+    assert code == 2, err
+    assert "java" in err.lower() and "JAVA_HOME" in err
+    assert took < 60
+
+
+def test_unreachable_master_exits_2_naming_the_fix_quickly(tmp_path: Path) -> None:
+    cfg = tmp_path / "engine.toml"
+    cfg.write_text('[engine]\nname = "spark"\nmaster = "spark://127.0.0.1:1"\n')
+    code, err, took = _cli(dict(os.environ), "--config", str(cfg), tmp_path=tmp_path)
+    assert code == 2, err
+    assert "spark://127.0.0.1:1" in err and "local[*]" in err
+    assert took < 60
