@@ -43,12 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists (atomically)")
     parser.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the bundle files")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
+    parser.add_argument("--engine", choices=["local", "spark"], default="local", help="score here (default) or on Spark tasks (docs/spark.md)")
+    parser.add_argument("--spark-master", default="local[*]", help="with --engine spark: the Spark master (default local[*])")
 
 
 def run_batch(bundle: str | Path, out: str | Path | None, *, k: int, users_file: str | Path | None = None,
               exclude_seen: bool = True, allow_file: str | Path | None = None, block_file: str | Path | None = None,
               rows_per_file: int = 1_000_000, max_chunk_bytes: int | None = None, overwrite: bool = False,
-              verify: bool = True, show_progress: bool = False) -> Any:
+              verify: bool = True, show_progress: bool = False, spark_master: str | None = None) -> Any:
     """Resolve and read the bundle, read the id files, write the batch (shared by the CLI and the run step).
 
     A missing or broken bundle and every bad value raise :class:`~recsys.errors.InputError`
@@ -73,6 +75,12 @@ def run_batch(bundle: str | Path, out: str | Path | None, *, k: int, users_file:
     allow = read_id_list(allow_file, "--allow") if allow_file else None
     block = read_id_list(block_file, "--block") if block_file else None
     target = Path(out) if out is not None else default_out(data.path, data.manifest["version"])
+    if spark_master is not None:  # --engine spark: the same lists, scored by Spark tasks
+        from pipelines.spark_engine import batch_on_spark
+
+        return batch_on_spark(spark_master, data, target, k=k, users=users, exclude_seen=exclude_seen, allow_items=allow,
+                              block_items=block, rows_per_file=rows_per_file,
+                              max_chunk_bytes=max_chunk_bytes or DEFAULT_CHUNK_BYTES, overwrite=overwrite)
     return write_batch_topk(data, target, k=k, users=users, exclude_seen=exclude_seen, allow_items=allow,
                             block_items=block, rows_per_file=rows_per_file,
                             max_chunk_bytes=max_chunk_bytes or DEFAULT_CHUNK_BYTES, overwrite=overwrite,
@@ -86,7 +94,8 @@ def main(args: argparse.Namespace) -> int:
         res = run_batch(args.bundle, args.out, k=args.k, users_file=args.users, exclude_seen=not args.no_exclude_seen,
                         allow_file=args.allow, block_file=args.block, rows_per_file=args.rows_per_file,
                         max_chunk_bytes=args.max_chunk_mb << 20, overwrite=args.overwrite, verify=not args.no_verify,
-                        show_progress=not args.no_progress)
+                        show_progress=not args.no_progress,
+                        spark_master=args.spark_master if getattr(args, "engine", "local") == "spark" else None)
     except UnknownIdError as e:  # a KeyError to Python users; bad input to a scheduler
         raise InputError(str(e)) from e
     m = res.manifest

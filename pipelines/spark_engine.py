@@ -24,3 +24,10 @@ def build_on_spark(config: BuildConfig, args: argparse.Namespace, engine: Engine
 
     spark = session_for(engine)
     return build_dataset_spark(config, args.out, previous=args.previous, reuse_ids=not args.fresh_ids, spark=spark)
+
+
+def batch_on_spark(master: str, data: Any, out: Any, **kwargs: Any) -> Any:
+    """``recommend-batch --engine spark``: the one-node lists, scored by Spark tasks."""
+    from recsys.serving.spark_batch import write_batch_topk_spark
+
+    return write_batch_topk_spark(session_for(EngineSection(name="spark", master=master)), data, out, **kwargs)

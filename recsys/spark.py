@@ -118,5 +118,6 @@ def spark_session(master: str = "local[*]", conf: Mapping[str, Any] | None = Non
     except Exception as e:  # JVM start failures surface as generic exceptions
         raise ConfigError(f"Spark could not start on master {master!r}: {str(e).splitlines()[0][:300]}; check Java and [engine] conf") from None
     spark.sparkContext.setLogLevel("ERROR")
+    logging.getLogger("py4j").setLevel(logging.WARNING)  # its INFO lines at interpreter exit hit closed streams
     log.info("Spark %s session on %s started in %.1fs", spark.version, master, time.perf_counter() - t0)
     return spark

@@ -143,3 +143,47 @@ def test_unreachable_master_exits_2_naming_the_fix_quickly(tmp_path: Path) -> No
     assert code == 2, err
     assert "spark://127.0.0.1:1" in err and "local[*]" in err
     assert took < 60
+
+
+# -- batch top-K on Spark ------------------------------------------------------------------------------
+
+from tests.serving_fixtures import export_real, real  # noqa: E402,F401 - fixture
+
+
+@pytest.fixture(scope="module")
+def bundle(real, tmp_path_factory) -> Path:  # noqa: F811
+    from recsys.serving.bundle import IndexConfig
+
+    return export_real(tmp_path_factory.mktemp("spark-batch"), real, config=IndexConfig(backend="exact", n_queries=50)).path
+
+
+def test_spark_batch_topk_equals_the_one_node_lists_on_sampled_users(spark, bundle: Path, tmp_path: Path) -> None:
+    from recsys.serving.batch import read_batch, write_batch_topk
+    from recsys.serving.reader import read_bundle
+    from recsys.serving.spark_batch import write_batch_topk_spark
+
+    data = read_bundle(bundle, verify=False)
+    ids = data.user_map.ids
+    users = [ids[i] for i in np.random.default_rng(0).choice(len(ids), 150, replace=False)] + ["never-seen-user"]
+    kw = dict(k=20, users=users, rows_per_file=500, block_items=[data.item_map.ids[0]])
+    one = write_batch_topk(data, tmp_path / "one", **kw)
+    many = write_batch_topk_spark(spark, data, tmp_path / "spark", n_tasks=3, **kw)
+    _, parts_one = read_batch(one.path)
+    manifest, parts_spark = read_batch(many.path)  # sizes and sha256 of every part check out
+    a, b = pl.read_parquet(parts_one), pl.read_parquet(parts_spark)
+    assert a.equals(b)
+    assert manifest["rows"] == one.manifest["rows"] and manifest["n_cold_users"] == 1
+    seen: set[str] = set()
+    for part in parts_spark:  # a user's rows never straddle two parts
+        users_here = set(pl.read_parquet(part)["user_id"].to_list())
+        assert not users_here & seen
+        seen |= users_here
+
+
+def test_recommend_batch_cli_runs_on_spark(spark, bundle: Path, tmp_path: Path) -> None:
+    from pipelines.cli import main as cli
+    from recsys.serving.batch import read_batch
+
+    assert cli(["recommend-batch", "--bundle", str(bundle), "--out", str(tmp_path / "b"), "--k", "5", "--engine", "spark", "--no-progress"]) == 0
+    manifest, _ = read_batch(tmp_path / "b")
+    assert manifest["engine"]["name"] == "spark" and manifest["rows"] == 5 * manifest["n_users"]
