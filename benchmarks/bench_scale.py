@@ -71,6 +71,11 @@ factors = 128
 [content]
 enabled = false
 """
+# since 4eb76f0 the packaged defaults auto-tune ALS (factors included): off, so ALS-only keeps factors 128
+ALS_TUNE_OFF = """
+[models.als.tune]
+enabled = false
+"""
 STEP_RE = re.compile(r"step (\S+)\s+running")
 GIB = 1024 ** 3
 
@@ -253,11 +258,12 @@ def run_job(work: Path, size: str, models: str, data: dict[str, Any], code_dir: 
     out.mkdir(parents=True)
     cmd = [sys.executable, "-m", "pipelines.cli", "run", "--out", str(out),
            "--tracking-uri", f"sqlite:///{out}/mlruns.db"]
+    cwd = code_dir or ROOT
     if models == "als":
-        (out / "als_only.toml").write_text(ALS_ONLY_TOML)
+        tunes = "[models.als.tune]" in (cwd / "pipelines" / "defaults.toml").read_text()
+        (out / "als_only.toml").write_text(ALS_ONLY_TOML + (ALS_TUNE_OFF if tunes else ""))
         cmd += ["--config", str(out / "als_only.toml")]
     cmd += input_flags(data, content=models != "als")
-    cwd = code_dir or ROOT
     print(f"[{size}] recsys run --models {models} (code {cwd}) ...", flush=True)
     log_path = out / "run.log"
     res = run_monitored(cmd, cwd, _env(code_dir), log_path, timeout_min * 60 if timeout_min else None)
