@@ -53,6 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--as-of", help="last day of the window (YYYY-MM-DD) for partitioned events")
     parser.add_argument("--window-days", type=int, help="read only this many days of partitions ending on --as-of")
     parser.add_argument("--min-count", type=int, default=5, help="users a new item needs before it gets a vector (default 5)")
+    parser.add_argument("--sweeps", type=int, default=None,
+                        help="local ALS sweeps after the fold-in: re-solve the items the changed users touched, then "
+                             "re-fold those users (default: recsys.lifelong.DEFAULT_SWEEPS; 0: known items keep their vectors)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -69,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     tracking_uri = resolve_tracking_uri(args.tracking_uri, os.environ)
     with DirectoryLock(out):
         return run_update(out, args.events, tracking_uri, as_of=args.as_of, window_days=args.window_days,
-                          min_count=args.min_count, show_progress=not args.no_progress)
+                          min_count=args.min_count, sweeps=args.sweeps, show_progress=not args.no_progress)
 
 
 def _run_config(out: Path) -> Any:
@@ -125,7 +128,7 @@ def _previous_delta(out: Path, version: str) -> tuple[pl.DataFrame, list[str]]:
 
 
 def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None = None, window_days: int | None = None,
-               min_count: int = 5, show_progress: bool = True) -> int:
+               min_count: int = 5, sweeps: int | None = None, show_progress: bool = True) -> int:
     """The update job on ``out`` (the caller holds its lock); returns the exit code (raises on refusal)."""
     from pipelines import steps
     from recsys.data.build import build_dataset
@@ -134,7 +137,7 @@ def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None =
     from recsys.data.readers import resolve_files
     from recsys.errors import QualityGateError
     from recsys.io import sha256_file, write_json
-    from recsys.lifelong import align_metrics_of_update, incremental_update
+    from recsys.lifelong import DEFAULT_SWEEPS, align_metrics_of_update, incremental_update
     from recsys.promotion import GateConfig
     from recsys.serving.bundle import IndexConfig, export_bundle
     from recsys.serving.reader import read_bundle
@@ -176,7 +179,8 @@ def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None =
             prev.item_vectors, prev.item_map, prev.foldin,
             (history["user"], history["item"], history["weight"].to_numpy()),
             new["user"].unique(maintain_order=True).to_list(), min_count=min_count,
-            item_source=prev.item_source, show_progress=show_progress)
+            item_source=prev.item_source, sweeps=DEFAULT_SWEEPS if sweeps is None else sweeps,
+            show_progress=show_progress)
         record, metrics = align_metrics_of_update(prev, res, cfg.section("align"), seed=int(cfg.seed))
         update_info = {"base_version": version, "events": [str(f) for f in files], "events_sha256": hashes,
                        "rows": {k: rows.get(k) for k in ("in", "rejected", "rejected_by_reason", "out")}, **res.stats}
@@ -186,7 +190,7 @@ def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None =
                              user_ids=res.user_ids, seen=seen, similarity=prev.manifest["similarity"],
                              item_popularity=np.asarray(seen.getnnz(axis=0), np.float32), item_source=res.item_source,
                              config=IndexConfig(**prev.manifest["config"]), run_id=prev.manifest.get("run_id"),
-                             extra_manifest=extra, foldin=prev.foldin)
+                             extra_manifest=extra, foldin=res.spec or prev.foldin)
         # the new version's history since the dataset, before it can go live
         d = out / UPDATES / info.version
         d.mkdir(parents=True, exist_ok=True)

@@ -44,12 +44,16 @@ from recsys.embeddings.align import Alignment, VersionView, compare_versions
 from recsys.errors import InputError
 from recsys.io import save_npz
 from recsys.models import weighting as _weighting
+from recsys.lifelong_solve import fold_rows, local_sweep
+from recsys.lifelong_solve import progress as _progress
 from recsys.models.foldin import FoldIn, FoldInSpec
 
 log = logging.getLogger(__name__)
 
 #: new items need this many distinct users before they get a collaborative vector
 DEFAULT_MIN_COUNT = 5
+#: local ALS sweeps after the fold-in (chosen on the first steps of bench_lifelong.py, docs/lifelong.md)
+DEFAULT_SWEEPS = 0
 
 
 @dataclass
@@ -63,6 +67,7 @@ class UpdateResult:
     seen: sp.csr_matrix  # (n_users, n_items) raw weights of the merged history
     item_source: np.ndarray
     stats: dict[str, Any] = field(default_factory=dict)
+    spec: FoldInSpec | None = None  # the fold-in to publish (a local sweep moves items, so its YᵀY changes)
 
 
 def history_matrix(users: Any, items: Any, weights: Any, user_ids: IdMap, item_ids: IdMap) -> sp.csr_matrix:
@@ -101,7 +106,7 @@ def _lookup(ids: Any, idmap: IdMap) -> np.ndarray:
 def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: np.ndarray, item_ids: IdMap,
                        spec: FoldInSpec, history: tuple[Any, Any, Any], changed_users: Any, *,
                        min_count: int = DEFAULT_MIN_COUNT, item_source: np.ndarray | None = None,
-                       show_progress: bool = False) -> UpdateResult:
+                       sweeps: int = DEFAULT_SWEEPS, cg_steps: int = 3, show_progress: bool = False) -> UpdateResult:
     """Fold new/changed users and new items into a published catalogue.
 
     Parameters
@@ -120,6 +125,13 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
     min_count : int
         Distinct users a new item needs; rarer new items stay out until a later update
         (their events are in ``history``, so counts accumulate).
+    sweeps : int
+        Local ALS sweeps after the fold-in (:func:`local_sweep`): the collaborative items
+        the changed users touched are re-solved against every user vector, then the
+        changed users are folded in again, ``sweeps`` times. 0 keeps every known item bit
+        for bit (the fold-in alone). Unchanged users keep their vectors in every case.
+    cg_steps : int
+        Conjugate-gradient steps per item and sweep (warm-started, as implicit trains).
 
     Returns
     -------
@@ -132,6 +144,8 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
         raise InputError(f"user vectors {uv.shape} and item vectors {iv.shape} must be 2-D with one dimension")
     if min_count < 1:
         raise InputError(f"min_count must be >= 1, got {min_count}")
+    if sweeps < 0 or cg_steps < 1:
+        raise InputError(f"sweeps must be >= 0 and cg_steps >= 1, got {sweeps} and {cg_steps}")
     h_users, h_items = _ids(history[0]), _ids(history[1])
     h_w = np.asarray(history[2], np.float32)
     changed = list(dict.fromkeys(str(u) for u in changed_users))
@@ -155,8 +169,21 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
     # thousands of d x d solves: one BLAS thread each (with 2 threads a 500-item ALS fold-in took
     # 96 ms instead of 1.7 ms on a loaded 2-core machine: small products only pay the thread hand-off)
     with threadpool_limits(limits=1, user_api="blas"):
-        return _solve(uv, iv, spec, users, user_ids, items, item_ids, hist, changed, qualifying, can_item, item_source,
-                      min_count, cand_ids, show_progress, t0)
+        res = _solve(uv, iv, spec, users, user_ids, items, item_ids, hist, changed, qualifying, can_item, item_source,
+                     min_count, cand_ids, show_progress, t0)
+        res.spec = spec
+        if sweeps and not can_item:
+            log.warning("local sweeps need an ALS spec with an element-wise weighting, not %r/%s; skipped",
+                        spec.method, spec.weighting)
+        elif sweeps:
+            t1 = time.perf_counter()
+            rows = users.to_index(changed).astype(np.int64)
+            res.spec, res.stats["items_swept"] = local_sweep(res.user_vectors, res.item_vectors, res.item_source == "cf",
+                                                             hist, rows, spec, sweeps=sweeps, cg_steps=cg_steps)
+            res.stats["sweeps"] = sweeps
+            res.stats["sweep_seconds"] = round(time.perf_counter() - t1, 3)
+            res.stats["seconds"] = round(time.perf_counter() - t0, 3)
+        return res
 
 
 def _solve(uv: np.ndarray, iv: np.ndarray, spec: FoldInSpec, users: IdMap, user_ids: IdMap, items: IdMap,
@@ -202,48 +229,6 @@ def _solve(uv: np.ndarray, iv: np.ndarray, spec: FoldInSpec, users: IdMap, user_
              "seconds": round(time.perf_counter() - t0, 3)}
     log.info("update: %s", stats)
     return UpdateResult(out_u, users, out_i, items, hist, source, stats)
-
-
-#: weightings applied element by element: a block of rows transforms like each row alone
-_ELEMENTWISE = ("linear", "log", "binary")
-
-
-def fold_rows(fold: FoldIn, m: sp.csr_matrix, rows: np.ndarray, show_progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Fold in the users ``rows`` of ``m`` (raw weights): their vectors, and which rows had a history.
-
-    The same solve as :meth:`FoldIn.user` (``tests/test_update.py`` holds them equal), but
-    for ALS with an element-wise weighting the confidences of all rows are computed in
-    one pass and the per-row checks are skipped (``m`` is a summed CSR without zeros): the
-    per-user cost is then the ``d x d`` solve, not the Python around it.
-    """
-    sub = m[np.asarray(rows, np.int64)].tocsr()
-    sub.sort_indices()
-    has = np.diff(sub.indptr) > 0
-    out = np.zeros((len(rows), fold.dim), np.float32)
-    s = fold.spec
-    it = _progress(np.flatnonzero(has), show_progress, "fold-in users")
-    if s.method != "als" or s.weighting not in _ELEMENTWISE:
-        for r in it:
-            a, b = sub.indptr[r], sub.indptr[r + 1]
-            out[r] = fold.user(sub.indices[a:b], sub.data[a:b])
-        return out, has
-    conf = _weighting.transform(sub, s.weighting, eps=s.eps).data.astype(np.float64) * float(s.alpha)
-    y_all = fold.item_vectors
-    gram = np.asarray(s.gram, np.float64) if s.gram is not None else np.asarray(y_all, np.float64).T @ np.asarray(y_all, np.float64)
-    lhs = gram + float(s.regularization) * np.eye(fold.dim)
-    for r in it:
-        a, b = sub.indptr[r], sub.indptr[r + 1]
-        y, c = np.asarray(y_all[sub.indices[a:b]], np.float64), conf[a:b]
-        out[r] = np.linalg.solve(lhs + (y.T * (c - 1.0)) @ y, y.T @ c)
-    return out, has
-
-
-def _progress(it: Any, show: bool, desc: str) -> Any:
-    if not show:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc=desc)
 
 
 # -- the align step of `recsys run` -----------------------------------------------------------
@@ -338,5 +323,5 @@ def view_of(user_vectors: np.ndarray | None, user_ids: IdMap | None, item_vector
     return VersionView(user_vectors, user_ids, item_vectors, item_ids, None if seen is None else sp.csr_matrix(seen), similarity)
 
 
-__all__ = ["UpdateResult", "align_metrics_of_update", "align_to_live", "batch_exposure", "fold_rows", "history_matrix", "incremental_update", "load_alignment", "view_of",
-           "DEFAULT_MIN_COUNT"]
+__all__ = ["UpdateResult", "align_metrics_of_update", "align_to_live", "batch_exposure", "fold_rows", "history_matrix", "incremental_update", "load_alignment", "local_sweep", "view_of",
+           "DEFAULT_MIN_COUNT", "DEFAULT_SWEEPS"]
