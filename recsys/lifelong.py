@@ -44,8 +44,8 @@ from recsys.embeddings.align import Alignment, VersionView, compare_versions
 from recsys.errors import InputError
 from recsys.io import save_npz
 from recsys.models import weighting as _weighting
-from recsys.lifelong_solve import fold_rows, local_sweep
-from recsys.lifelong_solve import progress as _progress
+from recsys.models.foldin_batch import fold_rows, local_sweep
+from recsys.models.foldin_batch import progress as _progress
 from recsys.models.foldin import FoldIn, FoldInSpec
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import pytest
 
 from recsys.data.idmap import IdMap
 from recsys.lifelong import incremental_update
-from recsys.lifelong_solve import _cg_items
+from recsys.models.foldin_batch import _cg_items
 from recsys.models import weighting as _weighting
 from recsys.models.foldin import FoldIn, FoldInSpec
 

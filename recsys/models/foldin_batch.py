@@ -1,4 +1,4 @@
-"""The solves of :func:`recsys.lifelong.incremental_update`: batched user fold-in and the local ALS sweep.
+"""Batched ALS fold-in and the local ALS sweep: the solves of :func:`recsys.lifelong.incremental_update`.
 
 Why a module of its own: these are the numeric kernels (exact ALS user solves in blocks,
 conjugate-gradient item steps on the items' nonzeros), tested against
