@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -17,9 +16,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-pytest.importorskip("pyspark")
-if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-    pytest.skip("the Spark engine needs Java (apt-get install openjdk-17-jre-headless)", allow_module_level=True)
+from tests.spark_fixtures import require_spark, spark  # noqa: F401 - fixture
+
+require_spark()
 
 from recsys.data.build import BuildConfig, WeightConfig, build_dataset  # noqa: E402
 from recsys.data.readers import InputSpec  # noqa: E402
@@ -37,15 +36,6 @@ BAD_ROWS = [  # (column: value, reason) -- one row of each kind of rejected row
     ({"w": "1e39"}, "weight_too_large"), ({"e": ""}, "event_type_missing"), ({"e": "  "}, "event_type_missing"),
     ({"e": "teleport"}, "event_type_unknown"),
 ]
-
-
-@pytest.fixture(scope="session")
-def spark():
-    from recsys.spark import spark_session
-
-    session = spark_session("local[2]", {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "2"})
-    yield session
-    session.stop()
 
 
 def adversarial_log(path: Path, n: int = 3000, seed: int = 0) -> Path:
@@ -79,7 +69,8 @@ def assert_same_dataset(a: Path, b: Path) -> None:
     assert ma["input_profile"] == mb["input_profile"]
 
 
-def test_spark_engine_builds_the_polars_dataset_of_movielens(spark, tmp_path: Path) -> None:
+def test_spark_engine_builds_the_polars_dataset_of_movielens(spark,  # noqa: F811
+        tmp_path: Path) -> None:
     cfg = BuildConfig(
         InputSpec(str(ML_SMALL / "ratings.csv")), ColumnMapping("userId", "movieId", weight="rating", time="timestamp"),
         items=InputSpec(str(ML_SMALL / "movies.csv")), item_id_col="movieId", item_text_cols=("title", "genres"),

@@ -341,6 +341,8 @@ for _f in (
                               "regularization": {"low": 0.01, "high": 300.0, "log": True},
                               "alpha": {"low": 0.1, "high": 50.0, "log": True},
                               "weighting": ["linear", "log", "bm25"], "iterations": 20}),
+    ModelFamily("spark-als", "recsys.models.spark_als:SparkALS", vectors=True,
+                description="implicit ALS on Spark MLlib, for matrices past one node (pip install 'recsys[spark]'; docs/spark.md)"),
     ModelFamily("bpr", "recsys.models.bpr:BPR", vectors=True, fold_in=True, iterative=True,
                 description="Bayesian personalised ranking (implicit)",
                 search_space={"factors": {"low": 32, "high": 256, "log": True},
