@@ -217,13 +217,15 @@ def _solve(uv: np.ndarray, iv: np.ndarray, spec: FoldInSpec, users: IdMap, user_
         again = np.asarray([u for u in cidx if u in touched or u in pending], np.int64)
         vecs, has = fold_rows(FoldIn(spec, out_i), hist, again, show_progress)
         out_u[again[has]] = vecs[has]
+        refolded = len(again)
     unresolved = [int(u) for u in pending if not hist[u].nnz]
     if unresolved:
         log.info("%d changed users have only items outside the catalogue (below min_count): zero vectors, "
                  "popular items until their items qualify", len(unresolved))
     source = np.concatenate([src_old, np.asarray(["cf"] * len(qualifying), dtype=object)])
     source[refresh] = "cf"
-    stats = {"users_changed": len(cidx), "users_new": len(users) - len(user_ids), "items_new": len(qualifying),
+    stats = {"users_changed": len(cidx), "users_refolded": refolded if solve.size else 0,
+             "users_new": len(users) - len(user_ids), "items_new": len(qualifying),
              "items_content_to_cf": int(len(refresh)),
              "items_waiting": int(len(cand_ids) - len(qualifying)), "users_without_vector": len(unresolved),
              "seconds": round(time.perf_counter() - t0, 3)}
