@@ -178,3 +178,14 @@ def test_recommend_batch_cli_runs_on_spark(spark, bundle: Path, tmp_path: Path) 
     assert cli(["recommend-batch", "--bundle", str(bundle), "--out", str(tmp_path / "b"), "--k", "5", "--engine", "spark", "--no-progress"]) == 0
     manifest, _ = read_batch(tmp_path / "b")
     assert manifest["engine"]["name"] == "spark" and manifest["rows"] == 5 * manifest["n_users"]
+
+
+def test_last_merge_with_tied_times_keeps_a_row_of_the_newest_time(spark, tmp_path: Path) -> None:  # noqa: F811
+    """Ties are the one place the engines may differ (docs/spark.md): the invariant both keep."""
+    rows = [("a", "1", "1.0", "100"), ("a", "1", "2.0", "200"), ("a", "1", "3.0", "200"), ("b", "1", "4.0", "50"), ("b", "2", "5.0", "60")]
+    pl.DataFrame(rows, schema=list("uiwt"), orient="row").write_csv(tmp_path / "ties.csv")
+    cfg = BuildConfig(InputSpec(str(tmp_path / "ties.csv")), ColumnMapping("u", "i", weight="w", time="t"),
+                      weights=WeightConfig(aggregate="last"), split=SplitConfig(test_frac=0.0, valid_frac=0.0), hash_inputs=False)
+    ds = build_dataset_spark(cfg, tmp_path / "spark", spark=spark)
+    a1 = ds.splits["train"].join(ds.user_map.to_frame().rename({"idx": "user_idx"}), on="user_idx").filter(pl.col("external_id") == "a")
+    assert a1["timestamp"].to_list() == [200] and a1["rating"][0] in (2.0, 3.0)
