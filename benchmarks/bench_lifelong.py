@@ -130,6 +130,8 @@ def main() -> None:
     ap.add_argument("--min-count", type=int, default=5, help="users a new item needs (recsys update's default)")
     ap.add_argument("--sweeps", default="0,1,2", help="local ALS sweeps of the update, one system per value (first: the table)")
     ap.add_argument("--cg-steps", type=int, default=3, help="CG steps per item and sweep")
+    ap.add_argument("--sweep-scope", choices=["touched", "new-events"], default="touched",
+                    help="items a sweep re-solves: every item the changed users touched, or the step's items only")
     ap.add_argument("--select-steps", type=int, default=3, help="steps 1..N choose the sweeps; the rest report")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "lifelong.json"))
@@ -163,7 +165,8 @@ def main() -> None:
             t0 = time.perf_counter()
             r_sw = incremental_update(sys_.u, sys_.uids, sys_.y, sys_.iids, spec_sw,
                                       (hist["user"], hist["item"], hist["weight"].to_numpy()), changed,
-                                      min_count=args.min_count, sweeps=sw, cg_steps=args.cg_steps)
+                                      min_count=args.min_count, sweeps=sw, cg_steps=args.cg_steps,
+                                      sweep_items=step["item"].unique().to_list() if args.sweep_scope == "new-events" else None)
             upd_times[sw] = time.perf_counter() - t0
             upds[sw] = (System(r_sw.user_vectors, r_sw.user_ids, r_sw.item_vectors, r_sw.item_ids, r_sw.spec, hist), r_sw.spec)
             if sw == sweeps[0]:
@@ -285,7 +288,8 @@ def main() -> None:
     prev = json.loads(out.read_text()) if out.exists() else {}
     prev[args.data] = {"params": params, "steps": rows, "summary": summary, "base_fit_s": base_s,
                        "min_count": args.min_count, "cuts": cuts,
-                       "sweeps": sweep_table, "sweep_steps": variant, "cg_steps": args.cg_steps}
+                       "sweeps": sweep_table, "sweep_steps": variant, "cg_steps": args.cg_steps,
+                       "sweep_scope": args.sweep_scope}
     out.write_text(json.dumps(prev, indent=2, default=float) + "\n")
 
 

@@ -106,7 +106,8 @@ def _lookup(ids: Any, idmap: IdMap) -> np.ndarray:
 def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: np.ndarray, item_ids: IdMap,
                        spec: FoldInSpec, history: tuple[Any, Any, Any], changed_users: Any, *,
                        min_count: int = DEFAULT_MIN_COUNT, item_source: np.ndarray | None = None,
-                       sweeps: int = DEFAULT_SWEEPS, cg_steps: int = 3, show_progress: bool = False) -> UpdateResult:
+                       sweeps: int = DEFAULT_SWEEPS, cg_steps: int = 3, sweep_items: Any = None,
+                       show_progress: bool = False) -> UpdateResult:
     """Fold new/changed users and new items into a published catalogue.
 
     Parameters
@@ -132,6 +133,9 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
         for bit (the fold-in alone). Unchanged users keep their vectors in every case.
     cg_steps : int
         Conjugate-gradient steps per item and sweep (warm-started, as implicit trains).
+    sweep_items : sequence of external ids, optional
+        Re-solve only these items (e.g. the items of the new events) instead of every
+        item the changed users touched.
 
     Returns
     -------
@@ -179,7 +183,9 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
             t1 = time.perf_counter()
             rows = users.to_index(changed).astype(np.int64)
             res.spec, res.stats["items_swept"] = local_sweep(res.user_vectors, res.item_vectors, res.item_source == "cf",
-                                                             hist, rows, spec, sweeps=sweeps, cg_steps=cg_steps)
+                                                             hist, rows, spec, sweeps=sweeps, cg_steps=cg_steps,
+                                                             items=None if sweep_items is None else
+                                                             items.to_index(list(sweep_items), missing="ignore"))
             res.stats["sweeps"] = sweeps
             res.stats["sweep_seconds"] = round(time.perf_counter() - t1, 3)
             res.stats["seconds"] = round(time.perf_counter() - t0, 3)

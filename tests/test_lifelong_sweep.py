@@ -110,3 +110,11 @@ def test_item_conjugate_gradient_on_rare_items_takes_the_gather_path_and_converg
         xi = x[col.indices]
         want = np.linalg.solve(lhs + (xi.T * (col.data - 1.0)) @ xi, xi.T @ col.data)
         np.testing.assert_allclose(got[j], want, rtol=1e-5, atol=1e-6)
+
+
+def test_sweep_items_restrict_the_re_solved_items_to_the_given_ones():
+    x, y, spec, users, items, hist, changed = _trained_toy(seed=4, iters=5)
+    only = ["i1", "i2", "nope"]
+    res = incremental_update(x, users, y, items, spec, hist, changed, sweeps=1, sweep_items=only)
+    moved = np.flatnonzero(np.any(res.item_vectors != y, axis=1))
+    assert set(moved) <= {1, 2} and res.stats["items_swept"] == len(moved) > 0

@@ -51,7 +51,7 @@ def fold_rows(fold: FoldIn, m: sp.csr_matrix, rows: np.ndarray, show_progress: b
 
 
 def local_sweep(uv: np.ndarray, iv: np.ndarray, cf: np.ndarray, hist: sp.csr_matrix, rows: np.ndarray, spec: FoldInSpec,
-                *, sweeps: int = 1, cg_steps: int = 3) -> tuple[FoldInSpec, int]:
+                *, sweeps: int = 1, cg_steps: int = 3, items: np.ndarray | None = None) -> tuple[FoldInSpec, int]:
     """Local ALS sweeps, in place: re-solve the items ``rows`` touched, then re-fold ``rows``.
 
     Why: the fold-in alone never re-learns a known item from new events, which is most of
@@ -69,6 +69,8 @@ def local_sweep(uv: np.ndarray, iv: np.ndarray, cf: np.ndarray, hist: sp.csr_mat
     cf : bool array (n_items,)
         Collaborative items (content-mapped items neither move nor count in ``YᵀY``).
     hist : CSR (n_users, n_items) of raw weights; rows : the changed users.
+    items : int array, optional
+        Re-solve only these items (``-1`` ignored) among those the changed users touched.
     spec : the published fold-in. Its ``gram`` is replaced by ``YᵀY`` of the collaborative
         items as they are now (the trained Gram lacks items added by earlier updates).
 
@@ -85,6 +87,8 @@ def local_sweep(uv: np.ndarray, iv: np.ndarray, cf: np.ndarray, hist: sp.csr_mat
     touched = np.empty(0, np.int64)
     for _ in range(sweeps):
         touched = np.unique(hist[rows].indices)
+        if items is not None:
+            touched = np.intersect1d(touched, np.asarray(items)[np.asarray(items) >= 0])
         touched = touched[cf[touched]]
         x = np.asarray(uv, np.float64)
         old = np.asarray(iv[touched], np.float64)
