@@ -189,3 +189,21 @@ def test_last_merge_with_tied_times_keeps_a_row_of_the_newest_time(spark, tmp_pa
     ds = build_dataset_spark(cfg, tmp_path / "spark", spark=spark)
     a1 = ds.splits["train"].join(ds.user_map.to_frame().rename({"idx": "user_idx"}), on="user_idx").filter(pl.col("external_id") == "a")
     assert a1["timestamp"].to_list() == [200] and a1["rating"][0] in (2.0, 3.0)
+
+
+def test_spark_engine_reads_typed_parquet_like_polars(spark, tmp_path: Path) -> None:  # noqa: F811
+    """Integer ids, float weights with nulls and negatives, integer times: the same dataset."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    row = pl.int_range(n)
+    pl.DataFrame({"u": rng.integers(0, 50, n), "i": [str(x) for x in rng.integers(0, 70, n)], "w": rng.uniform(0, 5, n),
+                  "t": rng.integers(1_690_000_000, 1_700_000_000, n)}).with_columns(
+        pl.when(row % 97 == 0).then(None).when(row % 89 == 0).then(-1.0).otherwise(pl.col("w")).alias("w")
+    ).write_parquet(tmp_path / "events.parquet")
+    cfg = BuildConfig(InputSpec(str(tmp_path / "events.parquet")), ColumnMapping("u", "i", weight="w", time="t"),
+                      weights=WeightConfig(aggregate="max"), max_reject_share=0.5, split=SplitConfig(test_frac=0.2, valid_frac=0.1),
+                      hash_inputs=False, as_of="2024-01-01")
+    ds = build_dataset(cfg, tmp_path / "polars")
+    build_dataset_spark(cfg, tmp_path / "spark", spark=spark)
+    assert_same_dataset(tmp_path / "polars", tmp_path / "spark")
+    assert set(ds.manifest["rows"]["rejected_by_reason"]) == {"weight_missing", "weight_negative"}

@@ -139,7 +139,8 @@ def _validate_fn(config: BuildConfig, profile: Any, known: list[str] | None, los
                 id_kind(lf, col, frame.schema[col], role)
         ann = annotate(lf, m, time_format=config.time_format, known_event_types=known, reasons=True, profile=profile, lossy_utf8=lossy)
         ann = ann.collect().lazy()
-        canon = canonical_frame(ann, m, keep_reason=True)
+        # integer ids become text here, as encode_expr does in the polars engine
+        canon = canonical_frame(ann, m, keep_reason=True).with_columns(pl.col("user_id", "item_id").cast(pl.String))
         if m.event_type:
             canon = canon.with_columns(pl.col("event_type").cast(pl.String))
         bad = pl.col(P_REASON).is_not_null()
