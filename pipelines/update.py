@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--window-days", type=int, help="read only this many days of partitions ending on --as-of")
     parser.add_argument("--min-count", type=int, default=5, help="users a new item needs before it gets a vector (default 5)")
     parser.add_argument("--sweeps", type=int, default=None,
-                        help="local ALS sweeps after the fold-in: re-solve the items the changed users touched, then "
-                             "re-fold those users (default: recsys.lifelong.DEFAULT_SWEEPS; 0: known items keep their vectors)")
+                        help="local ALS sweeps after the fold-in: re-solve the items of the new events, then re-fold "
+                             "the changed users (default: recsys.lifelong.DEFAULT_SWEEPS = 0: known items keep their vectors)")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -180,6 +180,7 @@ def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None =
             (history["user"], history["item"], history["weight"].to_numpy()),
             new["user"].unique(maintain_order=True).to_list(), min_count=min_count,
             item_source=prev.item_source, sweeps=DEFAULT_SWEEPS if sweeps is None else sweeps,
+            sweep_items=new["item"].unique().to_list(),
             show_progress=show_progress)
         record, metrics = align_metrics_of_update(prev, res, cfg.section("align"), seed=int(cfg.seed))
         update_info = {"base_version": version, "events": [str(f) for f in files], "events_sha256": hashes,

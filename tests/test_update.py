@@ -214,3 +214,19 @@ def test_update_without_a_published_bundle_exits_2_naming_recsys_run(tmp_path, c
     (tmp_path / "new.csv").write_text("userId,movieId,rating\n1,2,3\n")
     assert main(["update", "--out", str(tmp_path / "nothing"), "--events", str(tmp_path / "new.csv")]) == 2
     assert "recsys run" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_an_update_with_a_local_sweep_publishes_the_moved_gram_so_the_retriever_folds_in_what_it_stored(base_run, tmp_path):
+    from pipelines.update import run_update
+    from recsys.serving.retriever import Retriever
+
+    out = _copy(base_run, tmp_path)
+    assert run_update(out, str(base_run / "new.csv"), f"sqlite:///{base_run / 'mlruns.db'}", min_count=5, sweeps=1,
+                      show_progress=False) == 0
+    r = Retriever.load(out)
+    assert r.manifest["extra"]["update"]["sweeps"] == 1 and r.manifest["extra"]["update"]["items_swept"] > 0
+    hist = pl.read_csv(base_run / "new.csv").filter(pl.col("userId") == 900001)
+    ids, _ = r.recommend("900001", k=10)
+    want, _ = r.recommend_from_history(hist["movieId"].cast(str).to_list(), k=10, weights=hist["rating"].to_list())
+    assert list(ids) == list(want)
