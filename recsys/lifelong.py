@@ -16,6 +16,9 @@ factors. This module holds the two library pieces of issue 20:
     their collaborative vector the same way once ``min_count`` users have them.
     Order: users on the known items, then new items against all user vectors, then the
     changed users who touched a new item once more with the new items included.
+    With ``sweeps > 0`` a local ALS sweep follows (:func:`recsys.models.foldin_batch.local_sweep`):
+    the items touched (or ``sweep_items``) move too and the returned spec carries their
+    new ``YᵀY``; unchanged users still keep their vectors.
 :func:`align_to_live`
     The ``align`` step of ``recsys run``: rotates a retrain's vectors onto the bundle
     ``ROOT/latest`` points to and measures drift, churn and new-item exposure
