@@ -101,7 +101,12 @@ def bench_build(sizes: list[int], timeout: float) -> list[dict]:
     return rows
 
 
-def bench_als(factors: int, reg: float, alpha: float, iterations: int) -> list[dict]:
+def bench_als(factors: int, reg: float, alpha: float, iterations: int, events: int = 0, n_eval: int = 5000) -> list[dict]:
+    """ALS time and NDCG@10: ml-latest-small (``events=0``) or a synthetic log of ``events`` rows."""
+    import dataclasses
+
+    import numpy as np
+
     from recsys.data.build import BuildConfig, WeightConfig, build_dataset
     from recsys.data.readers import InputSpec
     from recsys.data.splits import SplitConfig
@@ -114,15 +119,24 @@ def bench_als(factors: int, reg: float, alpha: float, iterations: int) -> list[d
                       weights=WeightConfig(weighting="threshold", positive_threshold=3.5), split=SplitConfig(test_frac=0.2, valid_frac=0.0),
                       seed=0, hash_inputs=False)
     with tempfile.TemporaryDirectory() as tmp:
+        if events:
+            from recsys.data.synthetic import SyntheticConfig, generate_events, write_events
+
+            path = Path(tmp) / "events.csv"
+            write_events(generate_events(SyntheticConfig(n_events=events, seed=0, event_types=True)), path)
+            cfg = dataclasses.replace(_config(str(path)), split=SplitConfig(test_frac=0.2, valid_frac=0.0))
         ds = build_dataset(cfg, Path(tmp) / "ds")
     train, test = ds.matrix("train"), ds.matrix("test")
+    users = np.flatnonzero(np.diff(test.indptr) > 0)
+    users = np.random.default_rng(0).choice(users, min(n_eval, len(users)), replace=False)
+    print(f"  {train.shape[0]} users x {train.shape[1]} items, {train.nnz} train pairs; NDCG@10 on {len(users)} test users", flush=True)
     rows = []
     for name, params in (("als", {"use_cg": False, "num_threads": 2}), ("spark-als", {"master": "local[2]"})):
         model = get_family(name).make({"factors": factors, "regularization": reg, "alpha": alpha, "iterations": iterations, **params})
         t0 = time.perf_counter()
         model.fit(train)
         seconds = time.perf_counter() - t0
-        ndcg = evaluate(model, train, test, ks=(10,), show_progress=False)["ndcg@10"]
+        ndcg = evaluate(model, train, test, ks=(10,), users=users, show_progress=False)["ndcg@10"]
         rows.append({"family": name, "seconds": seconds, "ndcg@10": ndcg})
         print(f"{name:>10} | {seconds:>8.1f} | {ndcg:.4f}", flush=True)
     return rows
@@ -137,6 +151,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="200k events")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--no-als", action="store_true")
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--als-events", type=int, default=0, help="ALS on a synthetic log of this many events (default: ml-latest-small)")
     ap.add_argument("--factors", type=int, default=64)
     ap.add_argument("--regularization", type=float, default=0.05)
     ap.add_argument("--alpha", type=float, default=10.0)
@@ -145,12 +161,13 @@ def main() -> int:
     sizes = [200_000] if a.quick else [int(s) for s in a.sizes.split(",")]
     print("build-dataset, polars vs Spark local[2] (same machine, same run)")
     print(f"{'events':>11} | {'polars s':>8} | {'spark s':>8}           |  ratio | polars MiB | spark MiB (driver)      | equal")
-    out = {"build": bench_build(sizes, a.timeout)}
+    out = {"build": [] if a.no_build else bench_build(sizes, a.timeout)}
     if not a.no_als:
-        print(f"\nALS on ml-latest-small (rating >= 3.5, 80/20 split): factors={a.factors} reg={a.regularization} "
+        what = f"a synthetic log of {a.als_events:,} events" if a.als_events else "ml-latest-small (rating >= 3.5)"
+        print(f"\nALS on {what}, 80/20 split: factors={a.factors} reg={a.regularization} "
               f"alpha={a.alpha} iterations={a.iterations}")
         print(f"{'family':>10} | {'fit s':>8} | ndcg@10")
-        out["als"] = bench_als(a.factors, a.regularization, a.alpha, a.iterations)
+        out["als"] = bench_als(a.factors, a.regularization, a.alpha, a.iterations, a.als_events)
     res = ROOT / "benchmarks" / "results"
     res.mkdir(exist_ok=True)
     (res / "spark.json").write_text(json.dumps(out, indent=2))

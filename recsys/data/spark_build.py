@@ -50,7 +50,7 @@ from recsys.data.readers import _format_of, resolve_files
 from recsys.data.splits import split
 from recsys.data.transforms import aggregate_pairs, apply_weights
 from recsys.data.validate import P_REASON, REASON_COL, annotate, canonical_frame, check_reject_share, empty_rejects, reason_counts
-from recsys.errors import ConfigError, DataQualityError, InputError, RecsysError, SchemaError
+from recsys.errors import ConfigError, InputError, RecsysError, SchemaError
 from recsys.io import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ def _rethrow(exc: Exception) -> None:
 
 def _read(spark: Any, config: BuildConfig) -> tuple[Any, list[Path]]:
     """The events as a Spark DataFrame of the mapped columns plus the input-order columns."""
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     spec = config.events
@@ -106,7 +107,7 @@ def _read(spark: Any, config: BuildConfig) -> tuple[Any, list[Path]]:
     # file order: rank of the file in the sorted list; Spark reorders blocks by size
     rank = F.create_map(*[x for i, p in enumerate(paths) for x in (F.lit(Path(p).resolve().as_uri() if not remote else p), F.lit(i))]) if not remote else None
     fpath = F.col("_metadata.file_path")
-    findex = F.coalesce(rank[fpath], F.lit(0)) if rank is not None else F.dense_rank().over(__import__("pyspark.sql.window", fromlist=["Window"]).Window.orderBy(fpath)) - 1
+    findex = F.coalesce(rank[fpath], F.lit(0)) if rank is not None else F.dense_rank().over(Window.orderBy(fpath)) - 1
     df = df.select(
         *[F.col(c) for c in dict.fromkeys(config.mapping.input_columns())],
         findex.cast("int").alias("__f"), F.col("_metadata.file_block_start").alias("__b"), F.monotonically_increasing_id().alias("__m"),
