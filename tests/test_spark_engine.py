@@ -207,3 +207,15 @@ def test_spark_engine_reads_typed_parquet_like_polars(spark, tmp_path: Path) -> 
     build_dataset_spark(cfg, tmp_path / "spark", spark=spark)
     assert_same_dataset(tmp_path / "polars", tmp_path / "spark")
     assert set(ds.manifest["rows"]["rejected_by_reason"]) == {"weight_missing", "weight_negative"}
+
+
+def test_build_dataset_cli_with_engine_spark_writes_the_polars_dataset(spark, tmp_path: Path) -> None:  # noqa: F811
+    from pipelines.cli import main as cli
+
+    log = adversarial_log(tmp_path / "events.csv", n=500)
+    flags = ["--events", str(log), "--user-col", "u", "--item-col", "i", "--weight-col", "w", "--time-col", "t",
+             "--as-of", "2024-01-01", "--max-reject-share", "0.5", "--no-hash"]
+    assert cli(["build-dataset", *flags, "--out", str(tmp_path / "polars")]) == 0
+    assert cli(["build-dataset", *flags, "--engine", "spark", "--out", str(tmp_path / "spark")]) == 0
+    assert_same_dataset(tmp_path / "polars", tmp_path / "spark")
+    assert '"name": "spark"' in (tmp_path / "spark" / "manifest.json").read_text()
