@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "io": 0, "device": 0, "lock": 0, "callbacks": 0, "progress": 0, "workflow": 0, "plots": 0,
     "metrics": 0, "ranking": 0, "evaluation": 0, "tracking": 0,
     "autotune": 0,  # search spaces and Optuna studies over any objective (imports only errors)
+    "spark": 0,  # a checked SparkSession (like device: an execution resource), used by the layers' Spark engines
     "spark": 0,  # the SparkSession of the Spark engine, refused fast on a bad set-up (imports only errors)
     # 1-5: the data flow
     "data": 1,
@@ -35,8 +36,6 @@ LAYERS: dict[str, int] = {
     # 6: orchestration of the layers (protocols, config schema, promotion), used by pipelines/
     "training": 6, "training_two_tower": 6, "training_item2vec": 6, "tuning": 6, "tuning_cache": 6, "config": 6, "promotion": 6,
     "fusion": 6, "lifelong": 6, "recsys": 6,
-    # 7: engines that run the layers elsewhere (Spark: dataset build, batch top-K, ALS)
-    "spark": 7,
 }
 
 
