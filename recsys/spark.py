@@ -77,8 +77,9 @@ def _check_master(master: str) -> None:
 def spark_session(master: str = "local[*]", conf: Mapping[str, Any] | None = None, app_name: str = "recsys") -> Any:
     """Get (or create) the SparkSession the Spark engine runs on.
 
-    An active session (a notebook's, a test fixture's, or ``spark-submit``'s) is reused as
-    it is: its master and settings are the caller's business.
+    An active session (a notebook's, a test fixture's) is reused as it is, and under
+    ``spark-submit`` the session takes the master and settings given there: ``master`` and
+    ``conf`` apply only when this process starts Spark itself.
 
     Parameters
     ----------
@@ -99,6 +100,8 @@ def spark_session(master: str = "local[*]", conf: Mapping[str, Any] | None = Non
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
+    if os.environ.get("PYSPARK_GATEWAY_PORT"):  # launched by spark-submit: its JVM, master and conf rule
+        return SparkSession.builder.appName(app_name).getOrCreate()
     if java_executable() is None:
         where = f"JAVA_HOME={os.environ['JAVA_HOME']} has no bin/java" if os.environ.get("JAVA_HOME") else "no `java` on PATH"
         raise ConfigError(
