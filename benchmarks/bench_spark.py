@@ -57,6 +57,7 @@ def child(engine: str, events: str, out: str) -> None:
         from recsys.data.spark_build import build_dataset_spark
         from recsys.spark import spark_session
 
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local workers run this interpreter
         spark = spark_session("local[2]", {"spark.driver.memory": "4g", "spark.sql.shuffle.partitions": "8"})
         startup = time.perf_counter() - t0
         build_dataset_spark(_config(events), out, spark=spark)

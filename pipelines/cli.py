@@ -139,6 +139,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
+    # Spark's local workers (--engine spark, spark-als) run PYSPARK_PYTHON: this interpreter,
+    # which has recsys installed, unless the environment names another
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
         return int(args._module.main(args) or 0)
     except RecsysError as e:

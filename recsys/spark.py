@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import socket
-import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -110,9 +109,9 @@ def spark_session(master: str = "local[*]", conf: Mapping[str, Any] | None = Non
         )
     _check_master(master)
     builder = SparkSession.builder.master(master).appName(app_name)
-    # local workers run this interpreter (it has recsys, polars, pyarrow): pyspark reads the
-    # worker's python from PYSPARK_PYTHON only (default "python3"); a cluster sets its own
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # local workers run the interpreter named by PYSPARK_PYTHON (pyspark reads only that,
+    # default "python3"); the job layer sets it to its own interpreter (pipelines/cli.py), a
+    # notebook or cluster sets its own: the library does not change the process environment
     for k, v in {**DEFAULT_CONF, **{str(k): str(v) for k, v in (conf or {}).items()}}.items():
         builder = builder.config(k, v)
     t0 = time.perf_counter()

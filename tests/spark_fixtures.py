@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import pytest
 
@@ -19,6 +20,7 @@ def require_spark() -> None:
 def spark():
     from recsys.spark import spark_session
 
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # local workers run this interpreter (as the CLI sets)
     session = spark_session("local[2]", {"spark.sql.shuffle.partitions": "4", "spark.default.parallelism": "2"})
     yield session
     session.stop()
