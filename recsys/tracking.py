@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from recsys import autotune
 from recsys.callbacks import Callbacks
 from recsys.errors import ConfigError, InputError, TrackingError
 from recsys.io import save_npz, sha256_file, sha256_json
@@ -470,8 +471,6 @@ class TrackingCallbacks(Callbacks):
 
     def _log_study(self, trials: Sequence[Any]) -> None:
         """``tuning/param_importance.json`` and the optimisation-history / importance plots."""
-        from recsys import autotune
-
         log_metrics({"n_trials_pruned": sum(getattr(t, "state", "") == "pruned" for t in trials)})
         importances = autotune.param_importances(trials)
         log_json(importances, "tuning/param_importance.json")
