@@ -319,6 +319,29 @@ def build_dataset(
     ).select("user_idx", "item_idx", *extra)
     del agg
     lap("index_sort")
+    rows = {"in": n_in, "rejected": rejects.height, "rejected_by_reason": counts, "below_threshold": n_clean - n_weighted,
+            "duplicates_merged": n_weighted - n_pairs, "kcore_removed": int((~keep).sum())}
+    id_maps = {"n_users_before": n_users_before, "n_items_before": n_items_before, "users_added": users_added,
+               "items_added": items_added}
+    return write_dataset(out, config, table, rejects, user_map=user_map, item_map=item_map, rows=rows, id_maps=id_maps,
+                         k_iter=k_iter, prev=prev, profile=profile.to_dict(), event_files=event_files, t0=t0,
+                         timing=timing, lap=lap)
+
+
+def write_dataset(out: Path, config: BuildConfig, table: pl.DataFrame, rejects: pl.DataFrame, *, user_map: IdMap,
+                  item_map: IdMap, rows: dict[str, Any], id_maps: dict[str, int], k_iter: int, prev: Path | None,
+                  profile: dict[str, Any], event_files: list[Path], t0: float, timing: dict[str, float] | None = None,
+                  lap: Any = None, engine: dict[str, Any] | None = None) -> Dataset:
+    """Split, join the items, write the dataset directory atomically: the common tail of every engine.
+
+    ``table`` holds the kept pairs by index, sorted by (user, item); ``rows`` the row counts
+    up to the k-core, ``id_maps`` the map sizes before and the ids added. The polars engine
+    and the Spark engine (:mod:`recsys.data.spark_build`) both end here, so their splits,
+    items table and manifest cannot drift apart.
+    """
+    lap = lap or (lambda step: None)
+    timing = timing if timing is not None else {}
+    w = config.weights
     split_cfg = dataclasses.replace(config.split, seed=config.seed)
     parts = split(table, split_cfg)
     lap("split")
@@ -329,34 +352,26 @@ def build_dataset(
         "schema_version": SCHEMA_VERSION,
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "seed": config.seed,
+        **({"engine": engine} if engine else {}),
         "config": config.to_dict(),
         "weighting": {
             "mode": w.weighting,
             "positive_threshold": w.positive_threshold if w.weighting == "threshold" else None,
-            "description": w.describe(m.weight is not None),
+            "description": w.describe(config.mapping.weight is not None),
         },
         "inputs_hashed": config.hash_inputs,
         "inputs": {"events": _file_entries(event_files, config.hash_inputs), "items": _file_entries(item_files, config.hash_inputs)},
-        "rows": {
-            "in": n_in,
-            "rejected": rejects.height,
-            "rejected_by_reason": counts,
-            "below_threshold": n_clean - n_weighted,
-            "duplicates_merged": n_weighted - n_pairs,
-            "kcore_removed": int((~keep).sum()),
-            "out": table.height,
-            "splits": {k: v.height for k, v in parts.items()},
-        },
-        "input_profile": profile.to_dict(),
+        "rows": {**rows, "out": table.height, "splits": {k: v.height for k, v in parts.items()}},
+        "input_profile": profile,
         "kcore": {"min_user": config.min_user_interactions, "min_item": config.min_item_interactions, "iterations": k_iter},
         "id_maps": {
             "previous": str(prev) if prev else None,
             "n_users": len(user_map),
             "n_items": len(item_map),
-            "users_added": users_added,
-            "items_added": items_added,
-            "users_before": n_users_before,
-            "items_before": n_items_before,
+            "users_added": id_maps["users_added"],
+            "items_added": id_maps["items_added"],
+            "users_before": id_maps["n_users_before"],
+            "items_before": id_maps["n_items_before"],
         },
         "split": {**dataclasses.asdict(split_cfg), "cold_items": int(parts["test_cold"]["item_idx"].n_unique())},
         "items": items_stats,
@@ -373,8 +388,8 @@ def build_dataset(
         manifest["timing_s"] = {**timing, "total": round(time.perf_counter() - t0, 3)}
         write_json(tmp / "manifest.json", manifest)
     log.info(
-        "dataset %s: %d users, %d items, splits %s (%s) in %.1fs",
-        out, len(user_map), len(item_map), manifest["rows"]["splits"], manifest["weighting"]["description"], time.perf_counter() - t0,
+        "dataset %s%s: %d users, %d items, splits %s (%s) in %.1fs", out, f" ({engine['name']})" if engine else "",
+        len(user_map), len(item_map), manifest["rows"]["splits"], manifest["weighting"]["description"], time.perf_counter() - t0,
     )
     # the tables just written, without reading them back (same dtypes as Dataset.load)
     return Dataset(splits=parts, user_map=user_map, item_map=item_map, items=items_df, manifest=read_json(out / "manifest.json"), path=out)

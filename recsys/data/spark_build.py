@@ -29,8 +29,6 @@ What is not distributed: step 7 and the id maps (see ``docs/spark.md``).
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
 import logging
 import os
 import re
@@ -42,16 +40,14 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from recsys.data.build import _check_weight_overflow, _file_entries, _items_table, _load_maps, _reference_time, map_codes
+from recsys.data.build import _check_weight_overflow, _load_maps, _reference_time, map_codes, write_dataset
 from recsys.data.config import BuildConfig
-from recsys.data.dataset import SCHEMA_VERSION, Dataset
+from recsys.data.dataset import Dataset
 from recsys.data.profile import FLOAT, FLOAT_TEXT, SAMPLE, id_kind, profile_input, time_horizon
 from recsys.data.readers import _format_of, resolve_files
-from recsys.data.splits import split
 from recsys.data.transforms import aggregate_pairs, apply_weights
 from recsys.data.validate import P_REASON, REASON_COL, annotate, canonical_frame, check_reject_share, empty_rejects, reason_counts
 from recsys.errors import ConfigError, InputError, RecsysError, SchemaError
-from recsys.io import atomic_dir, read_json, write_json
 
 log = logging.getLogger(__name__)
 _ORDER = ("__f", "__b", "__m")  # file index, block start, position: the input order
@@ -303,51 +299,10 @@ def _build(config: BuildConfig, out: str | os.PathLike, previous: Any, reuse_ids
     table = pl.from_arrow(indexed.toArrow()).sort("user_idx", "item_idx")
     canon.unpersist()
     merged.unpersist()
-    split_cfg = dataclasses.replace(config.split, seed=config.seed)
-    parts = split(table, split_cfg)
-    items_df, items_stats, item_files = _items_table(config, item_map)
-    manifest: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "seed": config.seed,
-        "engine": {"name": "spark", "master": spark.sparkContext.master, "spark_version": spark.version},
-        "config": config.to_dict(),
-        "weighting": {
-            "mode": w.weighting,
-            "positive_threshold": w.positive_threshold if w.weighting == "threshold" else None,
-            "description": w.describe(m.weight is not None),
-        },
-        "inputs_hashed": config.hash_inputs,
-        "inputs": {"events": _file_entries(event_files, config.hash_inputs), "items": _file_entries(item_files, config.hash_inputs)},
-        "rows": {
-            "in": n_in,
-            "rejected": rejects.height,
-            "rejected_by_reason": counts,
-            "below_threshold": n_below,
-            "duplicates_merged": n_weighted - n_pairs,
-            "kcore_removed": n_pairs - n_out,
-            "out": table.height,
-            "splits": {k: v.height for k, v in parts.items()},
-        },
-        "input_profile": profile.to_dict(),
-        "kcore": {"min_user": config.min_user_interactions, "min_item": config.min_item_interactions, "iterations": k_iter},
-        "id_maps": {
-            "previous": str(prev) if prev else None,
-            "n_users": len(user_map), "n_items": len(item_map),
-            "users_added": users_added, "items_added": items_added,
-            "users_before": n_users_before, "items_before": n_items_before,
-        },
-        "split": {**dataclasses.asdict(split_cfg), "cold_items": int(parts["test_cold"]["item_idx"].n_unique())},
-        "items": items_stats,
-    }
-    with atomic_dir(out, overwrite=True) as tmp:
-        for name, part in parts.items():
-            part.write_parquet(tmp / f"{name}.parquet", compression="lz4")
-        user_map.save(tmp / "user_map.parquet")
-        item_map.save(tmp / "item_map.parquet")
-        items_df.write_parquet(tmp / "items.parquet")
-        rejects.write_parquet(tmp / "rejects.parquet")
-        manifest["timing_s"] = {"total": round(time.perf_counter() - t0, 3)}
-        write_json(tmp / "manifest.json", manifest)
-    log.info("dataset %s (spark): %d users, %d items, splits %s in %.1fs", out, len(user_map), len(item_map), manifest["rows"]["splits"], time.perf_counter() - t0)
-    return Dataset(splits=parts, user_map=user_map, item_map=item_map, items=items_df, manifest=read_json(out / "manifest.json"), path=out)
+    rows = {"in": n_in, "rejected": rejects.height, "rejected_by_reason": counts, "below_threshold": n_below,
+            "duplicates_merged": n_weighted - n_pairs, "kcore_removed": n_pairs - n_out}
+    id_maps = {"n_users_before": n_users_before, "n_items_before": n_items_before, "users_added": users_added,
+               "items_added": items_added}
+    engine = {"name": "spark", "master": spark.sparkContext.master, "spark_version": spark.version}
+    return write_dataset(out, config, table, rejects, user_map=user_map, item_map=item_map, rows=rows, id_maps=id_maps,
+                         k_iter=k_iter, prev=prev, profile=profile.to_dict(), event_files=event_files, t0=t0, engine=engine)

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from recsys.errors import InputError, UnknownIdError
 from recsys.index.base import check_k
@@ -198,6 +199,24 @@ def _block_table(res: BlockResult, user_ids: Any, item_ids: Any, version: str) -
     return table, np.cumsum(counts)
 
 
+def check_request(data: BundleData, out: str | os.PathLike, k: int, users: Sequence[str] | None, rows_per_file: Any,
+                  overwrite: bool, allow_items: Sequence[str] | None, block_items: Sequence[str] | None,
+                  unknown_items: str) -> tuple[Path, int, np.ndarray | None, np.ndarray | None, list[str], np.ndarray, str]:
+    """Validate a batch request before any scoring (one-node and Spark alike).
+
+    Returns ``(out, k, allowed, blocked, user_ids, user_indices, bundle_version)``.
+    """
+    if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, (int, np.integer)) or rows_per_file <= 0:
+        raise InputError(f"rows_per_file must be a positive integer, got {rows_per_file!r}")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise InputError(f"{out} already exists; choose a new output directory or pass overwrite (--overwrite)")
+    allowed = item_indices(data, allow_items, "the allow-list", unknown_items)
+    blocked = item_indices(data, block_items, "the block-list", unknown_items)
+    user_ids, uidx = user_indices(data, users)
+    return out, check_k(k), allowed, blocked, user_ids, uidx, str(data.manifest["version"])
+
+
 def write_batch_topk(data: BundleData, out: str | os.PathLike, *, k: int = 100, users: Sequence[str] | None = None,
                      exclude_seen: bool = True, allow_items: Sequence[str] | None = None,
                      block_items: Sequence[str] | None = None, rows_per_file: int = 1_000_000,
@@ -230,20 +249,10 @@ def write_batch_topk(data: BundleData, out: str | os.PathLike, *, k: int = 100, 
         Called with each part's path once written (a hook for progress or tests).
     """
     t0 = time.perf_counter()
-    if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, (int, np.integer)) or rows_per_file <= 0:
-        raise InputError(f"rows_per_file must be a positive integer, got {rows_per_file!r}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; choose a new output directory or pass overwrite (--overwrite)")
-    k = check_k(k)
-    allowed = item_indices(data, allow_items, "the allow-list", unknown_items)
-    blocked = item_indices(data, block_items, "the block-list", unknown_items)
-    user_ids, uidx = user_indices(data, users)
-    version = str(data.manifest["version"])
+    out, k, allowed, blocked, user_ids, uidx, version = check_request(data, out, k, users, rows_per_file, overwrite,
+                                                                      allow_items, block_items, unknown_items)
     scorer = BatchScorer(data, k, exclude_seen=exclude_seen, allowed=allowed, blocked=blocked,
                          max_chunk_bytes=max_chunk_bytes)
-    import pyarrow as pa
-
     users_pa, items_pa = pa.array(user_ids, pa.string()), pa.array(data.item_map.ids, pa.string())
     t_write = 0.0
     with atomic_dir(out, overwrite=overwrite) as tmp:

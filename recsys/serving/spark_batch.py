@@ -22,11 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from recsys.errors import InputError
-from recsys.index.base import check_k
 from recsys.io import atomic_dir, write_json
 from recsys.serving.batch import (BATCH_KIND, BATCH_SCHEMA_VERSION, COLUMNS, DEFAULT_CHUNK_BYTES, MANIFEST, BatchResult,
-                                  BatchScorer, _block_table, _PartWriter, item_indices, iter_topk, user_indices)
+                                  BatchScorer, _block_table, _PartWriter, check_request, iter_topk)
 from recsys.serving.reader import BundleData, read_bundle
 
 log = logging.getLogger(__name__)
@@ -64,16 +62,8 @@ def write_batch_topk_spark(spark: Any, data: BundleData, out: str | os.PathLike,
     ranges (default: twice the session's parallelism).
     """
     t0 = time.perf_counter()
-    if isinstance(rows_per_file, bool) or not isinstance(rows_per_file, (int, np.integer)) or rows_per_file <= 0:
-        raise InputError(f"rows_per_file must be a positive integer, got {rows_per_file!r}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise InputError(f"{out} already exists; choose a new output directory or pass overwrite (--overwrite)")
-    k = check_k(k)
-    allowed = item_indices(data, allow_items, "the allow-list", unknown_items)
-    blocked = item_indices(data, block_items, "the block-list", unknown_items)
-    user_ids, uidx = user_indices(data, users)
-    version = str(data.manifest["version"])
+    out, k, allowed, blocked, user_ids, uidx, version = check_request(data, out, k, users, rows_per_file, overwrite,
+                                                                      allow_items, block_items, unknown_items)
     sc = spark.sparkContext
     n = max(1, min(len(uidx), n_tasks or 2 * sc.defaultParallelism))
     bounds = np.linspace(0, len(uidx), n + 1).astype(int)
