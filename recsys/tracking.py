@@ -250,7 +250,8 @@ def start_run(
     except MlflowException as e:
         raise TrackingError(f"MLflow at {uri} refused to start a run in experiment {experiment!r}: {e}") from e
     with run_ctx as run:
-        log.info("MLflow run %s (%s) in experiment %r at %s", run.info.run_id, run_name or "-", experiment, uri)
+        where = f"the parent's experiment (id {exp_id})" if nested else f"experiment {experiment!r}"
+        log.info("MLflow run %s (%s) in %s at %s", run.info.run_id, run_name or "-", where, uri)
         yield run
 
 
