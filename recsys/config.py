@@ -281,9 +281,9 @@ def _drop_none(x: Any) -> Any:
     return x
 
 
-def _valid_keys(loc: tuple[Any, ...], schema: type[BaseModel] = None) -> list[str]:  # type: ignore[assignment]
+def _valid_keys(loc: tuple[Any, ...], schema: type[BaseModel]) -> list[str]:
     """The valid keys at ``loc`` in the schema (for "did you mean")."""
-    model: Any = schema or RunConfig
+    model: Any = schema
     for part in loc[:-1]:
         fields = getattr(model, "model_fields", {})
         if part not in fields:
