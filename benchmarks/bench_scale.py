@@ -77,6 +77,30 @@ ALS_TUNE_OFF = """
 enabled = false
 """
 STEP_RE = re.compile(r"step (\S+)\s+running")
+#: ``recsys.evaluation.evaluate``'s log line ends with its seconds: the scoring part of a step
+EVAL_RE = re.compile(r"evaluated \S+ on \d+ users .* in ([0-9.]+) s$")
+#: steps that are scoring and nothing else (users x items by nature)
+SCORING_STEPS = ("batch",)
+
+
+def scoring_seconds(log_text: str) -> dict[str, float]:
+    """Seconds each step spent ranking the catalogue for evaluation (from the run's log).
+
+    The growth target (exponent <= 1.1) excludes "what is inherently users x items
+    (scoring)", which the issue asks to report separately: a train step's evaluations
+    (validation curves, the test split) are scoring; its fit is not.
+    """
+    out: dict[str, float] = {}
+    step = None
+    for line in log_text.splitlines():
+        m = STEP_RE.search(line)
+        if m:
+            step = m.group(1)
+            continue
+        e = EVAL_RE.search(line.rstrip())
+        if e and step is not None:
+            out[step] = out.get(step, 0.0) + float(e.group(1))
+    return out
 GIB = 1024 ** 3
 
 
@@ -269,9 +293,13 @@ def run_job(work: Path, size: str, models: str, data: dict[str, Any], code_dir: 
     res = run_monitored(cmd, cwd, _env(code_dir), log_path, timeout_min * 60 if timeout_min else None)
     rec_path = out / "state" / "run_record.json"
     record = json.loads(rec_path.read_text()) if rec_path.exists() else {}
-    started = STEP_RE.findall(log_path.read_text(errors="replace"))
+    text = log_path.read_text(errors="replace")
+    started = STEP_RE.findall(text)
     done = {s["name"] for s in record.get("steps", [])}
-    res.update(steps={s["name"]: s["seconds"] for s in record.get("steps", []) if s.get("ran")},
+    steps = {s["name"]: s["seconds"] for s in record.get("steps", []) if s.get("ran")}
+    scoring = scoring_seconds(text)
+    scoring.update({n: t for n, t in steps.items() if n in SCORING_STEPS})
+    res.update(steps=steps, scoring=scoring,
                status=record.get("status", "no record"), out=str(out), command=cmd,
                finished=res["exit_code"] == 0 and not res["killed"],
                in_step=next((s for s in reversed(started) if s not in done), None))
@@ -338,16 +366,31 @@ def _cell(c: tuple[float, bool] | None) -> str:
     return "-" if c is None else (">" if c[1] else "") + f"{c[0]:.1f}"
 
 
+def _rest_exponent(name: str, x: tuple[float, bool] | None, y: tuple[float, bool] | None,
+                   sa: dict[str, float], sb: dict[str, float]) -> float | None:
+    """Growth exponent of a step's time without its scoring (None for pure scoring steps or missing cells)."""
+    if not x or not y or x[1] or name in SCORING_STEPS or name == "whole run":
+        return None
+    return exponent(max(x[0] - sa.get(name, 0.0), 1e-3), max(y[0] - sb.get(name, 0.0), 1e-3))
+
+
 def step_table(results: dict[str, Any], models: str, small: str = "2M", big: str = "20M") -> str:
     """Seconds per step at both sizes and the growth exponent (">" marks a killed run's lower bounds)."""
     a = _cells(results.get(small, {}).get("runs", {}).get(models))
     b = _cells(results.get(big, {}).get("runs", {}).get(models))
+    sa = (results.get(small, {}).get("runs", {}).get(models) or {}).get("scoring", {})
+    sb = (results.get(big, {}).get("runs", {}).get(models) or {}).get("scoring", {})
     names = [n for n in a if n != "whole run"] + [n for n in b if n not in a and n != "whole run"] + ["whole run"]
-    lines = [f"recsys run, models={models}", f"{'step':<22} {'s @' + small:>10} {'s @' + big:>10} {'exponent':>9}"]
+    lines = [f"recsys run, models={models} (scoring = ranking users x items: evaluations, batch top-K)",
+             f"{'step':<22} {'s @' + small:>10} {'s @' + big:>10} {'exponent':>9} {'scoring @' + small:>12} "
+             f"{'scoring @' + big:>12} {'exp. w/o scoring':>17}"]
     for n in names:
         x, y = a.get(n), b.get(n)
         e = exponent(x[0], y[0]) if x and y and not x[1] else None
-        lines.append(f"{n:<22} {_cell(x):>10} {_cell(y):>10} {('>=' if y and y[1] else '') + _fmt(e, '.2f') if e is not None else '-':>9}")
+        ea = _rest_exponent(n, x, y, sa, sb)
+        lines.append(f"{n:<22} {_cell(x):>10} {_cell(y):>10} {('>=' if y and y[1] else '') + _fmt(e, '.2f') if e is not None else '-':>9}"
+                     f" {_fmt(sa.get(n)) if n in sa else '-':>12} {_fmt(sb.get(n)) if n in sb else '-':>12}"
+                     f" {('>=' if y and y[1] else '') + _fmt(ea, '.2f') if ea is not None else '-':>17}")
     for tag, r in ((small, results.get(small, {}).get("runs", {}).get(models)), (big, results.get(big, {}).get("runs", {}).get(models))):
         if r:
             if not r["finished"]:
@@ -426,14 +469,15 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str]]:
     if d2:
         check("2M default models <= 5 min", d2["wall_s"] / 60, 5, " min", not d2["finished"])
     for models in ("als", "default"):
-        a = _cells(small.get("runs", {}).get(models))
-        b = _cells(big.get("runs", {}).get(models))
-        rows = [(n, exponent(a[n][0], y[0]), y[1]) for n, y in b.items()
-                if n in a and not a[n][1] and n not in ("promote", "whole run")]
+        ra, rb = small.get("runs", {}).get(models), big.get("runs", {}).get(models)
+        a, b = _cells(ra), _cells(rb)
+        sa, sb = (ra or {}).get("scoring", {}), (rb or {}).get("scoring", {})
+        # promote is MLflow registry bookkeeping of constant size; scoring is reported apart (issue 18)
+        rows = [(n, _rest_exponent(n, a[n], y, sa, sb), y[1]) for n, y in b.items() if n in a and n != "promote"]
         rows = [r for r in rows if r[1] is not None]
         if rows:
             n, e, lower = max(rows, key=lambda r: r[1])
-            check(f"{models}: every step's growth exponent <= 1.1 (worst: {n})", e, 1.1, "", lower)
+            check(f"{models}: every step's growth exponent without scoring <= 1.1 (worst: {n})", e, 1.1, "", lower)
     return out
 
 

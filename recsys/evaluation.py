@@ -249,6 +249,7 @@ def evaluate(
         ``"n_users_skipped"``; every per-user mean (not coverage or popularity) also as
         ``"{key}_se"``, its standard error over the evaluated users.
     """
+    t0 = time.perf_counter()
     s = _Setup(model, train, test, ks, candidates, item_popularity, batch_size)
     n_rows = s.test.shape[0]
     users_arr = np.arange(n_rows, dtype=np.int64) if users is None else _check_users(users, n_rows)
@@ -261,9 +262,10 @@ def evaluate(
     res = acc.result()
     k0 = s.ks[0]
     log.info(
-        "evaluated %s on %d users (%d skipped without test items): ndcg@%d=%.4f (se %.4f) recall@%d=%.4f",
+        # the seconds let a reader (and benchmarks/bench_scale.py) tell scoring time from fitting time
+        "evaluated %s on %d users (%d skipped without test items): ndcg@%d=%.4f (se %.4f) recall@%d=%.4f in %.1f s",
         type(model).__name__, res["n_users"], res["n_users_skipped"], k0, res[f"ndcg@{k0}"], res[f"ndcg@{k0}_se"],
-        k0, res[f"recall@{k0}"],
+        k0, res[f"recall@{k0}"], time.perf_counter() - t0,
     )
     return res
 
@@ -293,6 +295,7 @@ def evaluate_slices(
     """
     if not isinstance(slices, Mapping) or not slices:
         raise InputError("slices must be a non-empty mapping of name -> user index array")
+    t0 = time.perf_counter()
     s = _Setup(model, train, test, ks, candidates, item_popularity, batch_size)
     n_rows = s.test.shape[0]
     n_rel_all = np.diff(s.test.indptr)
