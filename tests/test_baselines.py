@@ -179,3 +179,33 @@ def test_slices_by_activity_partition_users_and_light_users_score_lower(ml_resul
     # measured: ndcg@10 0.14 (< 20 ratings), 0.22, 0.37 (>= 50 ratings)
     assert res["train<20"]["ndcg@10"] < res["20<=train<50"]["ndcg@10"] < res["train>=50"]["ndcg@10"]
     assert res["all"]["ndcg@10"] == pytest.approx(evaluate(models["ItemKNN"], train, test, ks=(10,))["ndcg@10"])
+
+
+
+def _generic_ranking(m, users, k, **kw):
+    """The scoring path every model has (the fast path switched off)."""
+    m._rank_block = lambda *a: None
+    try:
+        return m.recommend(users, k=k, **kw)
+    finally:
+        del m._rank_block
+
+
+@pytest.mark.parametrize("k", [1, 10, 60])
+def test_most_popular_fast_ranking_equals_full_catalogue_ranking(k):
+    rng = np.random.default_rng(3)
+    n_users, n_items = 300, 60
+    dense = (rng.random((n_users, n_items)) < rng.random((n_users, 1)) ** 3).astype(np.float32)
+    x = sp.csr_matrix(dense)
+    x.data[::7] = 0.0  # explicit zeros are not "seen"
+    full = sp.csr_matrix(np.ones((1, n_items), np.float32))
+    x = sp.vstack([full, x[1:]]).tocsr()  # user 0 has seen everything: -1 / -inf slots
+    for m in (MostPopular().fit(x), MostPopular().fit(x[:12])):  # counts of 12 users: many ties
+        users = np.arange(m.user_items_.shape[0])
+        for kw in ({}, {"exclude_seen": False}, {"user_items": x[: len(users)]}):
+            fast = m.recommend(users, k=k, **kw)
+            slow = _generic_ranking(m, users, k, **kw)
+            np.testing.assert_array_equal(fast[0], slow[0])
+            np.testing.assert_array_equal(fast[1], slow[1])
+        ids, scores = m.recommend(users, k=k)
+        assert (ids[0] == -1).all() and np.isneginf(scores[0]).all()

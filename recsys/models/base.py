@@ -188,12 +188,26 @@ class Recommender:
         buf: np.ndarray | None = None
         for start in range(0, len(users), batch_size):
             b = users[start : start + batch_size]
+            fast = None if blocked is not None else self._rank_block(b, k, None if seen is None else seen[b])
+            if fast is not None:
+                ids[start : start + len(b)], out[start : start + len(b)] = fast
+                continue
             s, buf = self._block_scores(b, buf)
             if blocked is not None:
                 s[:, blocked] = -np.inf
             ids[start : start + len(b)], out[start : start + len(b)] = topk_batch(
                 s, k, exclude=None if seen is None else seen[b])
         return (ids[0], out[0]) if single else (ids, out)
+
+    def _rank_block(self, users: np.ndarray, k: int, seen: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """The top-``k`` of a block without scoring every item, or ``None`` to score and rank it.
+
+        A model whose ranking does not depend on the user (:class:`~recsys.models.baselines.MostPopular`)
+        can answer from a short prefix of one global order; the result must equal what
+        :func:`recsys.ranking.topk_batch` gives on the full scores. Not called with a
+        candidate allow-list.
+        """
+        return None
 
     def _block_scores(self, users: np.ndarray, buf: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """``(scores, buffer)``: ``_score(users)`` as float32 that ranking may overwrite (excluded -> -inf).

@@ -46,9 +46,41 @@ class MostPopular(Recommender):
         else:
             raise InputError(f"weighting must be 'count' or 'weight', got {self.weighting!r}")
         self.popularity_ = pop.astype(np.float32)
+        self._order = None  # the ranking order of _rank_block, derived from popularity_ on first use
 
     def _score(self, user_indices: np.ndarray) -> np.ndarray:
         return np.repeat(self.popularity_[None, :], len(user_indices), axis=0)
+
+    def _rank_block(self, users: np.ndarray, k: int, seen: sp.csr_matrix | None) -> tuple[np.ndarray, np.ndarray]:
+        """Each user's first ``k`` unseen items of the one popularity order.
+
+        Why: everybody's scores are the same vector, so ranking the full catalogue per user
+        (what the generic path does) repeats one sort 400k times: 40 s at 400k users x 100k
+        items. Only the first ``k + (most items one user of the block has seen)`` items of
+        the order can be in anybody's top ``k``. Equal to the generic ranking: descending
+        popularity, ties by ascending item index, ``-1`` / ``-inf`` past the unseen items.
+        """
+        order = getattr(self, "_order", None)  # None after fit; absent after load
+        if order is None:  # descending popularity, ties by ascending index (topk_batch's order)
+            order = self._order = np.lexsort((np.arange(self.n_items_), -self.popularity_))
+            self._rank_of = np.empty_like(order)
+            self._rank_of[order] = np.arange(len(order))
+        n_users = len(users)
+        if seen is None or seen.nnz == 0:
+            top = order[:k]
+            return np.tile(top, (n_users, 1)), np.tile(self.popularity_[top], (n_users, 1))
+        seen = sp.csr_matrix(seen)
+        has = seen.data != 0  # explicit zeros are not "seen" (as recsys.ranking.exclude_items)
+        rows = np.repeat(np.arange(n_users), np.diff(seen.indptr))[has]
+        ranks = self._rank_of[seen.indices[has]]
+        m = min(len(order), k + int(np.bincount(rows, minlength=n_users).max(initial=0)))
+        mask = np.zeros((n_users, m), bool)
+        near = ranks < m
+        mask[rows[near], ranks[near]] = True
+        pos = np.argsort(mask, axis=1, kind="stable")[:, :k]  # unseen (False) first, in popularity order
+        ok = ~np.take_along_axis(mask, pos, axis=1)
+        cand = order[pos]
+        return np.where(ok, cand, -1), np.where(ok, self.popularity_[cand], -np.inf).astype(np.float32)
 
 
 #: largest number of similarity entries one block of ItemKNN's similarity may hold (~200 MB)
