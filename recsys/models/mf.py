@@ -97,6 +97,20 @@ def _blas_one_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def _blas_threads() -> int | None:
+    """BLAS threads outside the fit, restored for validation (its scoring GEMM is BLAS-bound)."""
+    from threadpoolctl import threadpool_info
+
+    counts = [int(i.get("num_threads") or 1) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return max(counts) if counts else None
+
+
+def _blas_limit(n: int | None) -> Any:
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=n, user_api="blas")
+
+
 class MFModel(FactorModel):
     """Shared fit loop of :class:`ALS` and :class:`BPR` (validation, best iteration)."""
 
@@ -162,6 +176,7 @@ class MFModel(FactorModel):
         self.iteration_seconds_: list[float] = []  # implicit's own time per iteration (validation excluded)
         progress = Progress(f"{type(self).__name__} fit", int(self.iterations), "iterations", logger=log,
                             show_progress=bool(self.show_progress))  # fmt: skip
+        scoring_threads = _blas_threads()  # implicit's fit wants 1 BLAS thread; validation's GEMM all of them
         with _blas_one_thread(), progress:
             impl = self._make_implicit(use_gpu)
             callback: Callable[..., None] | None = None
@@ -175,7 +190,8 @@ class MFModel(FactorModel):
                         return
                     self.user_factors_ = _to_numpy(impl.user_factors, copy=True)
                     self.item_factors_ = _to_numpy(impl.item_factors, copy=True)
-                    metrics = dict(validation(self))
+                    with _blas_limit(scoring_threads):
+                        metrics = dict(validation(self))
                     if metric not in metrics:
                         raise ConfigError(f"validation returned no {metric!r}; it has {sorted(metrics)}")
                     score = float(metrics[metric])
