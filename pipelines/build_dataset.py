@@ -209,19 +209,16 @@ def build_config_from(args: argparse.Namespace | None, toml: Mapping[str, Any] |
 
 
 def main(args: argparse.Namespace) -> int:
-    from recsys.data.build import build_dataset
+    from pipelines.spark_engine import build_with_engine
+    from recsys.config import EngineSection
 
     # a config file is validated whole (it may be the run config: its other sections are
     # checked too, but only the dataset sections are read); no file: the library's defaults
     run_config = effective_config(args, packaged=False) if args.config else None
     toml = run_config.dataset_dict() if run_config else {}
     config = build_config_from(args, toml)
-    if (run_config.engine.name if run_config else getattr(args, "engine", None)) == "spark":
-        from pipelines.spark_engine import build_on_spark
-
-        ds = build_on_spark(config, args, run_config.engine if run_config else None)
-    else:
-        ds = build_dataset(config, args.out, previous=args.previous, reuse_ids=not args.fresh_ids)
+    engine = run_config.engine if run_config else EngineSection(name=getattr(args, "engine", None) or "polars")
+    ds = build_with_engine(config, args.out, engine, previous=args.previous, reuse_ids=not args.fresh_ids)
     rows = ds.manifest["rows"]
     print(f"dataset written to {args.out}")
     print(f"  weighting: {ds.manifest['weighting']['description']}")

@@ -97,7 +97,7 @@ class Runner:
         if ctx.effective_toml:
             write_text(self.out / "state" / "effective_config.toml", ctx.effective_toml)
         ds_res = self._step("dataset", {"files": fingerprint_files(self.input_files), "config": self.build_config_dict},
-                            lambda: steps.build_dataset_step(ctx, self.build_config))
+                            lambda: steps.build_dataset_step(ctx, self.build_config, self.cfg.engine))
         ds = Dataset.load(ctx.dataset_dir)
         ds_fp = ds_res.fingerprint
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+import os
 from typing import Any
 
 from recsys.config import EngineSection
@@ -18,12 +18,23 @@ def session_for(engine: EngineSection | None) -> Any:
     return spark_session(engine.master, engine.conf)
 
 
-def build_on_spark(config: BuildConfig, args: argparse.Namespace, engine: EngineSection | None) -> Dataset:
-    """``build-dataset`` on Spark: the dataset directory the polars engine writes."""
-    from recsys.data.spark_build import build_dataset_spark
+def build_with_engine(config: BuildConfig, out: str | os.PathLike, engine: EngineSection | None,
+                      previous: str | os.PathLike | None = None, reuse_ids: bool = True) -> Dataset:
+    """The dataset directory of ``config`` built by the engine ``[engine]`` names.
 
-    spark = session_for(engine)
-    return build_dataset_spark(config, args.out, previous=args.previous, reuse_ids=not args.fresh_ids, spark=spark)
+    One place for ``recsys build-dataset`` and the dataset step of ``recsys run``, so both
+    honour ``[engine]`` alike: polars on this node, or Spark (a bad Spark set-up raises
+    :class:`~recsys.errors.ConfigError` naming the fix: exit code 2). The Spark build's
+    result holds the manifest and id maps but no split tables: the driver never holds
+    the whole pair table, and both callers only report or read the directory afterwards.
+    """
+    if engine is not None and engine.name == "spark":
+        from recsys.data.spark_build import build_dataset_spark
+
+        return build_dataset_spark(config, out, previous=previous, reuse_ids=reuse_ids, spark=session_for(engine), load=False)
+    from recsys.data.build import build_dataset
+
+    return build_dataset(config, out, previous=previous, reuse_ids=reuse_ids)
 
 
 def batch_on_spark(master: str, data: Any, out: Any, **kwargs: Any) -> Any:

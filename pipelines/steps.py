@@ -20,7 +20,6 @@ import scipy.sparse as sp
 from pipelines.embed_content import make_encoder as build
 from pipelines.train import train_model
 from recsys import promotion, tracking
-from recsys.data.build import build_dataset
 from recsys.data.dataset import Dataset
 from recsys.embeddings.blend import ContentBlender, ItemVectorTable
 from recsys.embeddings.cache import EmbeddingCache
@@ -68,8 +67,15 @@ def split_sha256(ds: Dataset) -> str:
 # -- dataset -------------------------------------------------------------------------------
 
 
-def build_dataset_step(ctx: RunContext, build_config: Any) -> dict[str, Any]:
-    ds = build_dataset(build_config, ctx.dataset_dir)
+def build_dataset_step(ctx: RunContext, build_config: Any, engine: Any = None) -> dict[str, Any]:
+    """Build the run's dataset on the engine ``[engine]`` names (``engine``: its section; None: polars).
+
+    Both engines write the same directory, so the step's outputs (and the steps after it)
+    do not depend on the engine.
+    """
+    from pipelines.spark_engine import build_with_engine
+
+    ds = build_with_engine(build_config, ctx.dataset_dir, engine)
     rows = ds.manifest.get("rows", {})
     log.info("dataset: %d users x %d items; rows %s", ds.n_users, ds.n_items,
              {k: rows.get(k) for k in ("in", "rejected", "out")})

@@ -219,3 +219,48 @@ def test_build_dataset_cli_with_engine_spark_writes_the_polars_dataset(spark, tm
     assert cli(["build-dataset", *flags, "--engine", "spark", "--out", str(tmp_path / "spark")]) == 0
     assert_same_dataset(tmp_path / "polars", tmp_path / "spark")
     assert '"name": "spark"' in (tmp_path / "spark" / "manifest.json").read_text()
+
+
+# -- `recsys run` with [engine] name = "spark" ------------------------------------------------------
+
+RUN_FAST = ["--set", 'models.baselines=[]', "--set", 'models.train=["als"]', "--set", "models.als.factors=16",
+            "--set", "models.als.iterations=3", "--set", "content.enabled=false", "--set", "batch.enabled=false",
+            "--set", "index.n_queries=50", "--no-progress"]
+
+
+def _run_argv(tmp_path: Path, config: Path, out: Path, *extra: str) -> list[str]:
+    ratings = tmp_path / "ratings.csv"
+    if not ratings.exists():  # a slice of latest-small: the first 100 users
+        pl.read_csv(ML_SMALL / "ratings.csv").filter(pl.col("userId") <= 100).write_csv(ratings)
+    return ["run", "--config", str(config), "--out", str(out), "--events", str(ratings), "--items", str(ML_SMALL / "movies.csv"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlruns.db'}", "--as-of", "2030-01-01", *RUN_FAST, *extra]
+
+
+@pytest.mark.slow  # one ALS-only `recsys run` (MLflow start-up included): about a minute on 2 shared cores
+def test_recsys_run_with_engine_spark_builds_the_polars_dataset(spark, tmp_path: Path) -> None:  # noqa: F811
+    from pipelines.cli import build_parser
+    from pipelines.cli import main as cli
+    from pipelines.run import load_config
+
+    config = tmp_path / "run.toml"
+    config.write_text((ROOT / "configs" / "default.toml").read_text().replace("../data/", f"{ROOT / 'data'}/")
+                      + '\n[engine]\nname = "spark"\nmaster = "local[2]"\n')
+    argv = _run_argv(tmp_path, config, tmp_path / "out")
+    assert cli(argv) == 0
+    manifest = (tmp_path / "out" / "dataset" / "manifest.json").read_text()
+    assert '"name": "spark"' in manifest
+    _, build_config = load_config(build_parser().parse_args(argv))  # the dataset config the run built
+    build_dataset(build_config, tmp_path / "polars")
+    assert_same_dataset(tmp_path / "polars", tmp_path / "out" / "dataset")
+
+
+def test_recsys_run_with_an_unreachable_spark_master_exits_2_naming_the_fix(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text((ROOT / "configs" / "default.toml").read_text().replace("../data/", f"{ROOT / 'data'}/")
+                      + '\n[engine]\nname = "spark"\nmaster = "spark://127.0.0.1:1"\n')
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "pipelines.cli", *_run_argv(tmp_path, config, tmp_path / "out")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "spark://127.0.0.1:1" in proc.stderr and "local[*]" in proc.stderr
+    assert time.perf_counter() - t0 < 60

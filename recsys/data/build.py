@@ -331,19 +331,23 @@ def build_dataset(
 def write_dataset(out: Path, config: BuildConfig, table: pl.DataFrame, rejects: pl.DataFrame, *, user_map: IdMap,
                   item_map: IdMap, rows: dict[str, Any], id_maps: dict[str, int], k_iter: int, prev: Path | None,
                   profile: dict[str, Any], event_files: list[Path], t0: float, timing: dict[str, float] | None = None,
-                  lap: Any = None, engine: dict[str, Any] | None = None) -> Dataset:
+                  lap: Any = None, engine: dict[str, Any] | None = None, splits_writer: Any = None,
+                  n_out: int | None = None) -> Dataset:
     """Split, join the items, write the dataset directory atomically: the common tail of every engine.
 
     ``table`` holds the kept pairs by index, sorted by (user, item); ``rows`` the row counts
     up to the k-core, ``id_maps`` the map sizes before and the ids added. The polars engine
     and the Spark engine (:mod:`recsys.data.spark_build`) both end here, so their splits,
-    items table and manifest cannot drift apart.
+    items table and manifest cannot drift apart. ``splits_writer`` (the Spark engine) writes
+    the split files itself into the temporary directory and returns their row counts and the
+    number of cold items; ``table`` is then unused (no rows), ``n_out`` the pair count, and
+    the returned dataset has no split tables loaded (they were never on this node whole).
     """
     lap = lap or (lambda step: None)
     timing = timing if timing is not None else {}
     w = config.weights
     split_cfg = dataclasses.replace(config.split, seed=config.seed)
-    parts = split(table, split_cfg)
+    parts = split(table, split_cfg) if splits_writer is None else {}
     lap("split")
     items_df, items_stats, item_files = _items_table(config, item_map)
     lap("items")
@@ -361,7 +365,7 @@ def write_dataset(out: Path, config: BuildConfig, table: pl.DataFrame, rejects: 
         },
         "inputs_hashed": config.hash_inputs,
         "inputs": {"events": _file_entries(event_files, config.hash_inputs), "items": _file_entries(item_files, config.hash_inputs)},
-        "rows": {**rows, "out": table.height, "splits": {k: v.height for k, v in parts.items()}},
+        "rows": {**rows, "out": table.height if n_out is None else n_out, "splits": {k: v.height for k, v in parts.items()}},
         "input_profile": profile,
         "kcore": {"min_user": config.min_user_interactions, "min_item": config.min_item_interactions, "iterations": k_iter},
         "id_maps": {
@@ -373,13 +377,15 @@ def write_dataset(out: Path, config: BuildConfig, table: pl.DataFrame, rejects: 
             "users_before": id_maps["n_users_before"],
             "items_before": id_maps["n_items_before"],
         },
-        "split": {**dataclasses.asdict(split_cfg), "cold_items": int(parts["test_cold"]["item_idx"].n_unique())},
+        "split": {**dataclasses.asdict(split_cfg), "cold_items": int(parts["test_cold"]["item_idx"].n_unique()) if parts else 0},
         "items": items_stats,
     }
     lap("hash_inputs")
     with atomic_dir(out, overwrite=True) as tmp:
         for name, df in parts.items():
             df.write_parquet(tmp / f"{name}.parquet", compression="lz4")
+        if splits_writer is not None:
+            manifest["rows"]["splits"], manifest["split"]["cold_items"] = splits_writer(tmp)
         user_map.save(tmp / "user_map.parquet")
         item_map.save(tmp / "item_map.parquet")
         items_df.write_parquet(tmp / "items.parquet")

@@ -20,15 +20,19 @@ Spark partition through ``mapInArrow``; Spark only moves the rows. The steps:
    :func:`~recsys.data.transforms.kcore_mask`;
 6. distinct ids (small next to the events) go to the driver, where the append-only id
    maps are extended by :func:`recsys.data.build.map_codes`, then broadcast-joined back;
-7. the final (user_idx, item_idx, weight, ...) table is collected on the driver (about
-   20 bytes per pair), split by :func:`recsys.data.splits.split` and written with the
-   manifest into one atomically renamed directory, exactly as the one-node engine does.
+7. the final (user_idx, item_idx, weight, ...) table is split in the executors by
+   :mod:`recsys.data.spark_split` (the labelling functions of :mod:`recsys.data.splits`)
+   and streamed to the driver one partition at a time into the split files, which
+   :func:`recsys.data.build.write_dataset` puts with the manifest into one atomically
+   renamed directory, exactly as the one-node engine does.
 
-What is not distributed: step 7 and the id maps (see ``docs/spark.md``).
+What is not distributed: the id maps, the per-item counts of the cold-item draw and the
+writing of the files (see ``docs/spark.md``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -45,6 +49,7 @@ from recsys.data.config import BuildConfig
 from recsys.data.dataset import Dataset
 from recsys.data.profile import FLOAT, FLOAT_TEXT, SAMPLE, id_kind, profile_input, time_horizon
 from recsys.data.readers import _format_of, resolve_files
+from recsys.data.spark_split import split_to_parquet
 from recsys.data.transforms import aggregate_pairs, apply_weights
 from recsys.data.validate import P_REASON, REASON_COL, annotate, canonical_frame, check_reject_share, empty_rejects, reason_counts
 from recsys.errors import ConfigError, InputError, RecsysError, SchemaError
@@ -225,14 +230,19 @@ def build_dataset_spark(
     previous: str | os.PathLike | None = None,
     reuse_ids: bool = True,
     spark: Any = None,
+    load: bool = True,
 ) -> Dataset:
     """Build the dataset directory of :func:`recsys.data.build.build_dataset` on Spark.
 
     Parameters and result as :func:`recsys.data.build.build_dataset`; ``spark`` is the
-    SparkSession to run on (see :func:`recsys.spark.spark_session`).
+    SparkSession to run on (see :func:`recsys.spark.spark_session`). The build never holds
+    the whole pair table on the driver; ``load=False`` keeps it so after the build too
+    (the result then carries the manifest and id maps, no split tables), for callers that
+    only report (the CLI) or read the directory later (``recsys run``).
     """
     try:
-        return _build(config, out, previous, reuse_ids, spark)
+        ds = _build(config, out, previous, reuse_ids, spark)
+        return Dataset.load(out) if load else ds
     except RecsysError:
         raise
     except Exception as e:  # a recsys error raised inside a task arrives wrapped
@@ -296,13 +306,27 @@ def _build(config: BuildConfig, out: str | os.PathLike, previous: Any, reuse_ids
     imap, items_added = _index(spark, kept, "item_id", item_map)
     extra = [c for c in ("weight", "rating", "timestamp", "event_type") if c in kept.columns]
     indexed = kept.join(F.broadcast(umap), "user_id").join(F.broadcast(imap), "item_id").select("user_idx", "item_idx", *extra)
-    table = pl.from_arrow(indexed.toArrow()).sort("user_idx", "item_idx")
-    canon.unpersist()
-    merged.unpersist()
+    indexed = indexed.persist(StorageLevel.MEMORY_AND_DISK)
+    split_cfg = dataclasses.replace(config.split, seed=config.seed)
+    n_blocks = _n_blocks(spark)
     rows = {"in": n_in, "rejected": rejects.height, "rejected_by_reason": counts, "below_threshold": n_below,
             "duplicates_merged": n_weighted - n_pairs, "kcore_removed": n_pairs - n_out}
     id_maps = {"n_users_before": n_users_before, "n_items_before": n_items_before, "users_added": users_added,
                "items_added": items_added}
     engine = {"name": "spark", "master": spark.sparkContext.master, "spark_version": spark.version}
-    return write_dataset(out, config, table, rejects, user_map=user_map, item_map=item_map, rows=rows, id_maps=id_maps,
-                         k_iter=k_iter, prev=prev, profile=profile.to_dict(), event_files=event_files, t0=t0, engine=engine)
+    try:
+        return write_dataset(out, config, pl.from_arrow(indexed.limit(0).toArrow()), rejects, user_map=user_map, item_map=item_map,
+                             rows=rows, id_maps=id_maps, k_iter=k_iter, prev=prev, profile=profile.to_dict(), event_files=event_files,
+                             t0=t0, engine=engine, n_out=n_out,
+                             splits_writer=lambda tmp: split_to_parquet(spark, indexed, split_cfg, tmp, n_blocks))
+    finally:
+        for frame in (indexed, merged, canon):
+            frame.unpersist()
+
+
+def _n_blocks(spark: Any) -> int:
+    """How many user blocks the split runs on: the shuffle partitions (or twice the cores, for "auto")."""
+    try:
+        return max(1, int(spark.conf.get("spark.sql.shuffle.partitions")))
+    except ValueError:
+        return max(1, spark.sparkContext.defaultParallelism * 2)

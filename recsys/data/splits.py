@@ -96,7 +96,15 @@ def cold_items(df: pl.DataFrame, frac: float, min_interactions: int, seed: int) 
     """
     if frac <= 0 or df.height == 0:
         return np.empty(0, dtype=np.int32)
-    counts = np.bincount(df["item_idx"].to_numpy())
+    return choose_cold(np.bincount(df["item_idx"].to_numpy()), frac, min_interactions, seed)
+
+
+def choose_cold(counts: np.ndarray, frac: float, min_interactions: int, seed: int) -> np.ndarray:
+    """:func:`cold_items` from the per-item interaction counts (``counts[item_idx]``).
+
+    Separate so that an engine which counts items elsewhere (Spark: one aggregate) draws
+    the same items from the same seeded generator.
+    """
     eligible = np.flatnonzero(counts >= min_interactions)
     n = int(round(frac * len(eligible)))
     if n == 0:
@@ -136,6 +144,55 @@ def _positional(user: np.ndarray, order: np.ndarray, test_frac: float | None, n_
     return part
 
 
+def random_keys(seed: int, start: int, n: int) -> np.ndarray:
+    """The doubles ``default_rng([seed, 2]).random(...)`` draws at positions ``[start, start + n)``.
+
+    Each double consumes exactly one 64-bit PCG64 output, so advancing the bit generator
+    by ``start`` lets a Spark partition holding the warm rows ``[start, start + n)`` draw
+    its slice of the one-node engine's sequence without drawing the rows before it.
+    """
+    bits = np.random.PCG64(np.random.SeedSequence([seed, 2]))
+    bits.advance(start)
+    return np.random.Generator(bits).random(n)
+
+
+def random_parts(user: np.ndarray, keys: np.ndarray, test_frac: float, valid_frac: float) -> np.ndarray:
+    """Part labels of the ``random`` strategy from each row's random key (:func:`random_keys`).
+
+    ``user`` holds whole users (every row of a user present). ``user + key`` sorts by user,
+    then randomly within the user in one argsort; the keys are unique (almost surely), so
+    the sort kind is irrelevant. The user codes enter the key as they are (their magnitude
+    decides the rounding of the sum), and are shifted to start at 0 only for the counts.
+    """
+    order = np.argsort(user + keys)
+    return _positional(user - user.min(), order, float(test_frac), None, float(valid_frac))
+
+
+def last_n_parts(user: np.ndarray, item: np.ndarray, ts: np.ndarray, n_last: int) -> np.ndarray:
+    """Part labels of ``leave_last_n``: by time within the user, ties broken by item index."""
+    order = np.lexsort((item, ts, user))
+    return _positional(user - user.min(), order, None, n_last, None)
+
+
+def lower_quantile_rank(n: int, q: float) -> int:
+    """0-based rank of polars' ``quantile(q, "lower")`` among ``n`` sorted non-null values."""
+    return int(np.floor((n - 1) * q))
+
+
+def temporal_part(ts: pl.Expr, cut: int, vcut: int) -> pl.Expr:
+    """Part labels of ``temporal``: test from ``cut``, valid from ``vcut`` (unix seconds)."""
+    return pl.when(ts >= cut).then(2).when(ts >= vcut).then(1).otherwise(0).cast(pl.Int8)
+
+
+def require_time(columns: list[str], config: SplitConfig) -> None:
+    """Refuse a time-based strategy on pairs without timestamps, naming the fix."""
+    if config.needs_time and "timestamp" not in columns:
+        raise ConfigError(
+            f"the {config.strategy!r} split needs timestamps but the data has none; map a time column "
+            "(--time-col) or use the 'random' split strategy"
+        )
+
+
 def assign_parts(df: pl.DataFrame, config: SplitConfig) -> pl.Series:
     """Label each row 0 (train), 1 (valid) or 2 (test) according to ``config``.
 
@@ -144,21 +201,13 @@ def assign_parts(df: pl.DataFrame, config: SplitConfig) -> pl.Series:
     """
     if df.height == 0:
         return pl.Series(_PART, [], dtype=pl.Int8)
-    if config.needs_time and "timestamp" not in df.columns:
-        raise ConfigError(
-            f"the {config.strategy!r} split needs timestamps but the data has none; map a time column "
-            "(--time-col) or use the 'random' split strategy"
-        )
+    require_time(df.columns, config)
     user = df["user_idx"].to_numpy().astype(np.int64)
     if config.strategy == "random":
-        rng = np.random.default_rng([config.seed, 2])
-        # user + U[0,1) sorts by user, then randomly within the user: one argsort
-        order = np.argsort(user + rng.random(df.height))  # keys unique (a.s.): sort kind irrelevant
-        return pl.Series(_PART, _positional(user, order, float(config.test_frac), None, float(config.valid_frac)))
+        keys = random_keys(config.seed, 0, df.height)
+        return pl.Series(_PART, random_parts(user, keys, config.test_frac, config.valid_frac))
     if config.strategy == "leave_last_n":
-        # by time within user; ties broken by item index, deterministically
-        order = np.lexsort((df["item_idx"].to_numpy(), df["timestamp"].to_numpy(), user))
-        return pl.Series(_PART, _positional(user, order, None, config.n_last, None))
+        return pl.Series(_PART, last_n_parts(user, df["item_idx"].to_numpy(), df["timestamp"].to_numpy(), config.n_last))
     # temporal: a global cutoff for test, then a second one inside train for valid
     ts = df["timestamp"]
     cut = cutoff_seconds(config.cutoff) if config.cutoff is not None else int(ts.quantile(1 - config.test_frac, "lower") if config.test_frac > 0 else ts.max() + 1)
@@ -170,9 +219,8 @@ def assign_parts(df: pl.DataFrame, config: SplitConfig) -> pl.Series:
         vcut = cut
     if is_test.all():
         raise InputError(f"the temporal cutoff {cut} puts every interaction in test; choose a later cutoff")
-    part = pl.when(is_test).then(2).when(ts >= vcut).then(1).otherwise(0).cast(pl.Int8)
     log.info("temporal split: test from %s, valid from %s (unix s)", cut, vcut)
-    return df.select(part.alias(_PART))[_PART]
+    return df.select(temporal_part(pl.col("timestamp"), cut, vcut).alias(_PART))[_PART]
 
 
 def split(df: pl.DataFrame, config: SplitConfig) -> dict[str, pl.DataFrame]:
