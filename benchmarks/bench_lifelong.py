@@ -6,8 +6,10 @@ interactions, every item the system knows up to ``t`` excluded):
 
 * ``none``: the ALS model fitted on the base period, frozen (unknown users: popularity);
 * ``update``: the same model carried forward by :func:`recsys.lifelong.incremental_update`
-  after every step (new/changed users folded in, new items with ``--min-count`` users
-  solved by least squares; everything else kept);
+  after every step, one system per ``--sweeps`` value (the first is the tables'; default
+  ``1,0`` with ``--sweep-scope full``, ``recsys update``'s default against the fold-in alone:
+  new users folded in, new items with ``--min-count`` users, then one warm-started ALS
+  iteration over everything, or nothing else for 0 sweeps);
 * ``retrain``: ALS refitted from scratch on everything up to ``t`` (same parameters and
   seed), rotated onto the previous retrain (Procrustes) to measure drift.
 
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from recsys.data.idmap import IdMap  # noqa: E402
 from recsys.embeddings.align import fit_alignment  # noqa: E402
-from recsys.lifelong import history_matrix, incremental_update  # noqa: E402
+from recsys.lifelong import DEFAULT_MIN_COUNT, history_matrix, incremental_update  # noqa: E402
 from recsys.models.als import ALS  # noqa: E402
 from recsys.ranking import topk_batch  # noqa: E402
 
@@ -127,11 +129,12 @@ def main() -> None:
     ap.add_argument("--step-frac", type=float, default=0.015, help="ml-small: share of the log per step")
     ap.add_argument("--factors", type=int, default=400, help="ALS factors (the packaged default: 400)")
     ap.add_argument("--iterations", type=int, default=15)
-    ap.add_argument("--min-count", type=int, default=5, help="users a new item needs (recsys update's default)")
-    ap.add_argument("--sweeps", default="0,1,2", help="local ALS sweeps of the update, one system per value (first: the table)")
+    ap.add_argument("--min-count", type=int, default=DEFAULT_MIN_COUNT, help="users a new item needs (recsys update's default)")
+    ap.add_argument("--sweeps", default="1,0", help="ALS sweeps of the update, one system per value (first: the table)")
     ap.add_argument("--cg-steps", type=int, default=3, help="CG steps per item and sweep")
-    ap.add_argument("--sweep-scope", choices=["touched", "new-events"], default="touched",
-                    help="items a sweep re-solves: every item the changed users touched, or the step's items only")
+    ap.add_argument("--sweep-scope", choices=["touched", "new-events", "full"], default="full",
+                    help="what a sweep re-solves: every item the changed users touched, the step's items only, "
+                         "or everything (full: a warm-started ALS iteration, every item then every user)")
     ap.add_argument("--select-steps", type=int, default=3, help="steps 1..N choose the sweeps; the rest report")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "lifelong.json"))
@@ -166,7 +169,8 @@ def main() -> None:
             r_sw = incremental_update(sys_.u, sys_.uids, sys_.y, sys_.iids, spec_sw,
                                       (hist["user"], hist["item"], hist["weight"].to_numpy()), changed,
                                       min_count=args.min_count, sweeps=sw, cg_steps=args.cg_steps,
-                                      sweep_items=step["item"].unique().to_list() if args.sweep_scope == "new-events" else None)
+                                      sweep_items=step["item"].unique().to_list() if args.sweep_scope == "new-events" else None,
+                                      sweep_mode="full" if args.sweep_scope == "full" else "local")
             upd_times[sw] = time.perf_counter() - t0
             upds[sw] = (System(r_sw.user_vectors, r_sw.user_ids, r_sw.item_vectors, r_sw.item_ids, r_sw.spec, hist), r_sw.spec)
             if sw == sweeps[0]:
@@ -210,6 +214,7 @@ def main() -> None:
                "cos_aligned_20plus": al_many.cosine_after, "items_new": res.stats["items_new"],
                "users_folded": res.stats["users_changed"]}
         per_step.append({k: (v[unchanged].tolist() if unchanged.any() else []) for k, v in res_ndcg.items()})
+        per_step[-1].update({sw: per_user[-1][sw][unchanged].tolist() if unchanged.any() else [] for sw in sweeps})
         rows.append(row)
         print(f"step {t}: {len(users)} users ({row['returning_users']} returning, {row['unchanged_users']} unchanged); "
               f"ndcg none/update/retrain {row['ndcg_none']:.4f}/{row['ndcg_update']:.4f}/{row['ndcg_retrain']:.4f}; "
@@ -265,13 +270,17 @@ def main() -> None:
     for sw in sweeps:
         lo, hi = np.nanpercentile(boot[sw], [5, 95])
         sweep_table[sw]["all_90ci"] = (float(lo), float(hi))
+        d = np.concatenate([np.asarray(p[sw]) - np.asarray(p["none"]) for p in per_step]) if per_step else np.zeros(0)
+        sweep_table[sw]["unchanged_diff"] = (float(d.mean()) if len(d) else float("nan"),
+                                             float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan"), len(d))
     print()
-    print(f"local sweeps (recovery, time ratio): choose on steps 1..{args.select_steps}, report on the rest")
+    print(f"sweeps (recovery, time ratio): choose on steps 1..{args.select_steps}, report on the rest")
     for sw, v in sweep_table.items():
         print(f"  sweeps {sw}: select {v['select'][0]:.0%} @ {v['select'][1]:.1%}; "
               + (f"report {v['report'][0]:.0%} @ {v['report'][1]:.1%}; " if v["report"] else "")
               + f"all {v['all'][0]:.0%} @ {v['all'][1]:.1%} (90% bootstrap interval of the recovery over users: "
-              f"{v['all_90ci'][0]:.0%} .. {v['all_90ci'][1]:.0%})")
+              f"{v['all_90ci'][0]:.0%} .. {v['all_90ci'][1]:.0%}); unchanged users update - none "
+              f"{v['unchanged_diff'][0]:+.4f} (se {v['unchanged_diff'][1]:.4f}, {v['unchanged_diff'][2]} user-steps)")
     print()
     print(f"target 1 (sweeps {sweeps[0]}): update recovers {recovery:.0%} of the retrain's NDCG@10 gain over no update (>= 80%): "
           f"{'HOLDS' if recovery >= 0.8 else 'MISSED'}; at {t_ratio:.1%} of its time (median per step, <= 10%): "

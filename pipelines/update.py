@@ -16,15 +16,16 @@ What it does (docs/lifelong.md), under the same lock as ``recsys run`` (a second
    update's events since, aggregated as the dataset aggregates: ``sum``/``max``/``last``);
 3. folds new and changed users in with the bundle's exact fold-in, gives new items with
    ``--min-count`` users a least-squares vector (:func:`recsys.lifelong.incremental_update`);
-4. exports a new bundle (index rebuilt: always, today; there is no delta index yet) and
+4. items with metadata only (``--items``) get a vector from their content through the
+   run's cold-start mapper (:func:`content_items`);
+5. exports a new bundle (the index rebuilt, or the live one kept with the new items in an
+   exact delta beside it: ``--index``, :func:`recsys.index.delta.plan_index`) and
    registers it through the same gate as ``recsys run`` (index recall; the accuracy gate
    compares the published model's held-out metrics, which an update does not change),
    publishing atomically; a crash or a refusal leaves the previous bundle serving and
    ``recsys rollback`` undoes a published update.
 
-Events already applied (same file sha256) are skipped: a rerun is a no-op. Items that
-appear only in item metadata (no events) are not added: they wait for the next ``recsys
-run``, whose content blend maps them.
+Events already applied (same file sha256) are skipped: a rerun is a no-op.
 """
 
 from __future__ import annotations
@@ -52,10 +53,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                         "same columns as the run's events")
     parser.add_argument("--as-of", help="last day of the window (YYYY-MM-DD) for partitioned events")
     parser.add_argument("--window-days", type=int, help="read only this many days of partitions ending on --as-of")
-    parser.add_argument("--min-count", type=int, default=5, help="users a new item needs before it gets a vector (default 5)")
+    parser.add_argument("--min-count", type=int, default=None,
+                        help="users a new item needs before it gets a vector (default: recsys.lifelong.DEFAULT_MIN_COUNT)")
     parser.add_argument("--sweeps", type=int, default=None,
-                        help="local ALS sweeps after the fold-in: re-solve the items of the new events, then re-fold "
-                             "the changed users (default: recsys.lifelong.DEFAULT_SWEEPS = 0: known items keep their vectors)")
+                        help="ALS sweeps after the fold-in (default: recsys.lifelong.DEFAULT_SWEEPS; 0: known users and "
+                             "items keep their vectors)")
+    parser.add_argument("--sweep-mode", choices=["full", "local"], default=None,
+                        help="full: each sweep is a warm-started ALS iteration over the whole history (every item, then "
+                             "every user); local: the items of the new events, then the changed users "
+                             "(default: recsys.lifelong.DEFAULT_SWEEP_MODE)")
+    parser.add_argument("--index", choices=["auto", "rebuild", "delta"], default="auto",
+                        help="rebuild the index, or keep the live one and scan the new items exactly beside it (delta; "
+                             "only when known items did not move); auto: recsys.index.delta.plan_index")
+    parser.add_argument("--items", help="item metadata (the run's [items] columns): items without events get a vector "
+                                        "from their content through the run's cold-start mapper")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns.db)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -72,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
     tracking_uri = resolve_tracking_uri(args.tracking_uri, os.environ)
     with DirectoryLock(out):
         return run_update(out, args.events, tracking_uri, as_of=args.as_of, window_days=args.window_days,
-                          min_count=args.min_count, sweeps=args.sweeps, show_progress=not args.no_progress)
+                          min_count=args.min_count, sweeps=args.sweeps, sweep_mode=args.sweep_mode, index=args.index,
+                          items=args.items, show_progress=not args.no_progress)
 
 
 def _run_config(out: Path) -> Any:
@@ -127,8 +139,51 @@ def _previous_delta(out: Path, version: str) -> tuple[pl.DataFrame, list[str]]:
     return pl.read_parquet(d / "delta.parquet"), list(read_json(d / "applied.json"))
 
 
+def content_items(out: Path, cfg: Any, ds: Any, prev: Any, res: Any, items: str, show_progress: bool) -> Any:
+    """Add the items of ``items`` (metadata, the run's ``[items]`` columns) that the catalogue lacks, mapped from content.
+
+    The run's own pieces: its items reader and text columns, its ``[content]`` encoder (and
+    embedding cache), the cold-start mapper its blend step chose (``extra.cold_start_mapper``
+    of the bundle), ``cold_scale`` and ``min_count``; the map is refitted on the catalogue
+    now (:func:`recsys.lifelong.add_content_items`). A run without content maps nothing (logged).
+    """
+    from pipelines import steps
+    from pipelines.build_dataset import build_config_from
+    from recsys.data.readers import read_items
+    from recsys.embeddings.cache import EmbeddingCache
+    from recsys.embeddings.content import embed_items
+    from recsys.embeddings.mappers import make_mapper
+    from recsys.io import load_npz
+    from recsys.lifelong import add_content_items
+
+    info = prev.manifest.get("extra", {}).get("cold_start_mapper")
+    content_npz = out / "content" / "item_content.npz"
+    if not info or not content_npz.is_file():
+        log.warning("update: --items given but the run mapped no content (no cold-start mapper or %s): items without "
+                    "events wait for a run with [content] enabled", content_npz)
+        return res
+    d = cfg.dataset_dict()
+    bc = build_config_from(None, {**d, "items": {**d.get("items", {}), "path": items}})
+    meta, _, _ = read_items(bc.items, bc.item_id_col or bc.mapping.item, bc.item_text_cols)
+    meta = meta.filter(~pl.col("external_id").is_in(pl.Series(res.item_ids.ids, dtype=pl.String).implode()))
+    if not meta.height:
+        return res
+    ccfg = cfg.section("content")
+    text_cols = list(ccfg.get("text_cols") or [c for c in ds.items.columns if c not in ("item_idx", "external_id")])
+    cache_dir = Path(ccfg.get("cache_dir") or out / "cache" / "embeddings")
+    encoder = steps.make_encoder(ccfg, ds, text_cols, cache_dir, show_progress)
+    frame = meta.with_columns(pl.int_range(meta.height).alias("item_idx"),
+                              *[pl.col(c).fill_null("") for c in text_cols])
+    vectors, _ = embed_items(frame, text_cols, encoder, cache=EmbeddingCache(cache_dir), n_items=meta.height,
+                             show_progress=show_progress)
+    mapper = make_mapper(info["mapper"], **(info.get("params") or {}))
+    return add_content_items(res, meta["external_id"].to_list(), vectors, ds.item_map.ids, load_npz(content_npz)["vectors"],
+                             mapper, cold_scale=float(ccfg.get("cold_scale", 1.0)), min_count=int(ccfg.get("min_count", 5)))
+
+
 def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None = None, window_days: int | None = None,
-               min_count: int = 5, sweeps: int | None = None, show_progress: bool = True) -> int:
+               min_count: int | None = None, sweeps: int | None = None, sweep_mode: str | None = None, index: str = "auto",
+               items: str | None = None, show_progress: bool = True) -> int:
     """The update job on ``out`` (the caller holds its lock); returns the exit code (raises on refusal)."""
     from pipelines import steps
     from recsys.data.build import build_dataset
@@ -137,7 +192,9 @@ def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None =
     from recsys.data.readers import resolve_files
     from recsys.errors import QualityGateError
     from recsys.io import sha256_file, write_json
-    from recsys.lifelong import DEFAULT_SWEEPS, align_metrics_of_update, incremental_update
+    from recsys.index.delta import plan_index
+    from recsys.lifelong import (DEFAULT_MIN_COUNT, DEFAULT_SWEEP_MODE, DEFAULT_SWEEPS, align_metrics_of_update,
+                                 incremental_update)
     from recsys.promotion import GateConfig
     from recsys.serving.bundle import IndexConfig, export_bundle
     from recsys.serving.reader import read_bundle
@@ -178,10 +235,17 @@ def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None =
             prev.user_map or IdMap([], "user"),
             prev.item_vectors, prev.item_map, prev.foldin,
             (history["user"], history["item"], history["weight"].to_numpy()),
-            new["user"].unique(maintain_order=True).to_list(), min_count=min_count,
+            new["user"].unique(maintain_order=True).to_list(), min_count=DEFAULT_MIN_COUNT if min_count is None else min_count,
             item_source=prev.item_source, sweeps=DEFAULT_SWEEPS if sweeps is None else sweeps,
-            sweep_items=new["item"].unique().to_list(),
+            sweep_items=new["item"].unique().to_list(), sweep_mode=sweep_mode or DEFAULT_SWEEP_MODE,
             show_progress=show_progress)
+        if items:
+            res = content_items(out, cfg, ds, prev, res, items, show_progress)
+        n_prev = len(prev.item_map)
+        moved = not np.array_equal(np.asarray(res.item_vectors[:n_prev]), np.asarray(prev.item_vectors))
+        ix = prev.manifest["index"]
+        plan = plan_index(index, len(res.item_ids), int(ix["n_base"]) if ix.get("backend") == "delta" else n_prev, moved)
+        res.stats["index_delta"] = int(plan == "delta")
         record, metrics = align_metrics_of_update(prev, res, cfg.section("align"), seed=int(cfg.seed))
         update_info = {"base_version": version, "events": [str(f) for f in files], "events_sha256": hashes,
                        "rows": {k: rows.get(k) for k in ("in", "rejected", "rejected_by_reason", "out")}, **res.stats}
@@ -191,7 +255,8 @@ def run_update(out: Path, events: str, tracking_uri: str, *, as_of: str | None =
                              user_ids=res.user_ids, seen=seen, similarity=prev.manifest["similarity"],
                              item_popularity=np.asarray(seen.getnnz(axis=0), np.float32), item_source=res.item_source,
                              config=IndexConfig(**prev.manifest["config"]), run_id=prev.manifest.get("run_id"),
-                             extra_manifest=extra, foldin=res.spec or prev.foldin)
+                             extra_manifest=extra, foldin=res.spec or prev.foldin,
+                             delta_of=prev.path if plan == "delta" else None)
         # the new version's history since the dataset, before it can go live
         d = out / UPDATES / info.version
         d.mkdir(parents=True, exist_ok=True)

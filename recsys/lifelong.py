@@ -5,20 +5,17 @@ to serve them costs the whole training time, and every retrain starts from rando
 factors. This module holds the two library pieces of issue 20:
 
 :func:`incremental_update`
-    Folds new and changed users in with the *exact* fold-in of the published family
-    (:class:`recsys.models.foldin.FoldIn`, the code the Retriever runs), and gives new
-    items with at least ``min_count`` users a least-squares vector against the user
-    vectors (ALS's item step, same weighting and ``λ``). Nothing else moves: the vectors
-    of unchanged users and of known items are kept bit for bit, so an update cannot make
-    an unchanged user's list worse except by adding items to the catalogue ("without
-    forgetting" by construction; known items learn from new events at the next retrain).
-    Known items that had only a content vector (cold items mapped from metadata) get
-    their collaborative vector the same way once ``min_count`` users have them.
-    Order: users on the known items, then new items against all user vectors, then the
-    changed users who touched a new item once more with the new items included.
-    With ``sweeps > 0`` a local ALS sweep follows (:func:`recsys.models.foldin_batch.local_sweep`):
-    the items touched (or ``sweep_items``) move too and the returned spec carries their
-    new ``YᵀY``; unchanged users still keep their vectors.
+    By default (``DEFAULT_SWEEPS``/``DEFAULT_SWEEP_MODE``) one warm-started ALS iteration
+    over the merged history, started from the published factors (new users placed by the
+    family's *exact* fold-in, :class:`recsys.models.foldin.FoldIn`, new items at zero):
+    every item, then every user, with implicit's own solver
+    (:func:`recsys.models.foldin_batch.full_sweep`), ~1/iterations of a retrain. With
+    ``sweeps=0`` the fold-in alone: changed users exactly, new items by ALS's item step,
+    everything else bit for bit ("without forgetting" by construction, but known items
+    never learn from new events); ``sweep_mode="local"`` moves only what the changed
+    users touched. The returned spec carries the moved items' ``YᵀY``.
+:func:`add_content_items`
+    Items with metadata only, mapped from their content by the run's cold-start mapper.
 :func:`align_to_live`
     The ``align`` step of ``recsys run``: rotates a retrain's vectors onto the bundle
     ``ROOT/latest`` points to and measures drift, churn and new-item exposure
@@ -47,16 +44,23 @@ from recsys.embeddings.align import Alignment, VersionView, compare_versions
 from recsys.errors import InputError
 from recsys.io import save_npz
 from recsys.models import weighting as _weighting
-from recsys.models.foldin_batch import fold_rows, local_sweep
+from recsys.models.foldin_batch import fold_rows, full_sweep, local_sweep
 from recsys.models.foldin_batch import progress as _progress
 from recsys.models.foldin import FoldIn, FoldInSpec
 
 log = logging.getLogger(__name__)
 
-#: new items need this many distinct users before they get a collaborative vector
-DEFAULT_MIN_COUNT = 5
-#: local ALS sweeps after the fold-in (chosen on the first steps of bench_lifelong.py, docs/lifelong.md)
-DEFAULT_SWEEPS = 0
+#: new items need this many distinct users before they get a collaborative vector: 1, as a
+#: retrain admits every item (with the full sweep, chosen on bench_lifelong.py's validation
+#: steps over 5: latest-small 75% vs 67%, synthetic 98% vs 100%; docs/lifelong.md)
+DEFAULT_MIN_COUNT = 1
+#: ALS sweeps after the fold-in, and what a sweep moves: "local" (the items the changed users
+#: touched, then those users) or "full" (a warm-started ALS iteration: every item, then every
+#: user; implicit's solver). One full sweep was chosen on the validation steps (1-3) of
+#: bench_lifelong.py on both logs under the <= 10% time target (docs/lifelong.md)
+DEFAULT_SWEEPS = 1
+DEFAULT_SWEEP_MODE = "full"
+SWEEP_MODES = ("local", "full")
 
 
 @dataclass
@@ -110,7 +114,7 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
                        spec: FoldInSpec, history: tuple[Any, Any, Any], changed_users: Any, *,
                        min_count: int = DEFAULT_MIN_COUNT, item_source: np.ndarray | None = None,
                        sweeps: int = DEFAULT_SWEEPS, cg_steps: int = 3, sweep_items: Any = None,
-                       show_progress: bool = False) -> UpdateResult:
+                       sweep_mode: str = DEFAULT_SWEEP_MODE, show_progress: bool = False) -> UpdateResult:
     """Fold new/changed users and new items into a published catalogue.
 
     Parameters
@@ -125,20 +129,20 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
         pair, already aggregated as the dataset aggregates). Its items not yet in
         ``item_ids`` are the new-item candidates.
     changed_users : sequence of external ids
-        Users with new events: they are (re-)folded in; every other user keeps its vector.
+        Users with new events: they are (re-)folded in.
     min_count : int
-        Distinct users a new item needs; rarer new items stay out until a later update
-        (their events are in ``history``, so counts accumulate).
+        Distinct users a new item needs; rarer new items wait (their counts accumulate).
     sweeps : int
-        Local ALS sweeps after the fold-in (:func:`local_sweep`): the collaborative items
-        the changed users touched are re-solved against every user vector, then the
-        changed users are folded in again, ``sweeps`` times. 0 keeps every known item bit
-        for bit (the fold-in alone). Unchanged users keep their vectors in every case.
+        ALS sweeps after the fold-in; 0 keeps every other vector bit for bit.
     cg_steps : int
-        Conjugate-gradient steps per item and sweep (warm-started, as implicit trains).
+        Conjugate-gradient steps per vector and sweep (warm-started, as implicit trains).
     sweep_items : sequence of external ids, optional
-        Re-solve only these items (e.g. the items of the new events) instead of every
-        item the changed users touched.
+        ``"local"`` only: re-solve these items instead of every item the changed users touched.
+    sweep_mode : {"full", "local"}
+        ``"full"``: a warm-started ALS iteration over the whole history, every item then
+        every user (:func:`~recsys.models.foldin_batch.full_sweep`, ~1/iterations of a
+        retrain); ``"local"``: the touched items, then the changed users
+        (:func:`~recsys.models.foldin_batch.local_sweep`; unchanged users keep their vectors).
 
     Returns
     -------
@@ -153,6 +157,8 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
         raise InputError(f"min_count must be >= 1, got {min_count}")
     if sweeps < 0 or cg_steps < 1:
         raise InputError(f"sweeps must be >= 0 and cg_steps >= 1, got {sweeps} and {cg_steps}")
+    if sweep_mode not in SWEEP_MODES:
+        raise InputError(f"sweep_mode must be one of {SWEEP_MODES}, got {sweep_mode!r}")
     h_users, h_items = _ids(history[0]), _ids(history[1])
     h_w = np.asarray(history[2], np.float32)
     changed = list(dict.fromkeys(str(u) for u in changed_users))
@@ -175,13 +181,23 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
     hist = history_matrix(h_users, h_items, h_w, users, items)
     # thousands of d x d solves: one BLAS thread each (with 2 threads a 500-item ALS fold-in took
     # 96 ms instead of 1.7 ms on a loaded 2-core machine: small products only pay the thread hand-off)
+    # a full sweep re-solves every user: the exact fold-in then only places the users without a vector
+    full = bool(sweeps) and sweep_mode == "full" and can_item
+    fold = [u for u, i in zip(changed, user_ids.to_index(changed, missing="ignore")) if i < 0] if full else changed
     with threadpool_limits(limits=1, user_api="blas"):
-        res = _solve(uv, iv, spec, users, user_ids, items, item_ids, hist, changed, qualifying, can_item, item_source,
-                     min_count, cand_ids, show_progress, t0)
+        res = _solve(uv, iv, spec, users, user_ids, items, item_ids, hist, fold, qualifying, can_item, item_source,
+                     min_count, cand_ids, show_progress, t0, exact_items=not full)
+        res.stats["users_changed"] = len(changed)
         res.spec = spec
         if sweeps and not can_item:
             log.warning("local sweeps need an ALS spec with an element-wise weighting, not %r/%s; skipped",
                         spec.method, spec.weighting)
+        elif full:
+            t1 = time.perf_counter()
+            res.spec = full_sweep(res.user_vectors, res.item_vectors, res.item_source == "cf", hist, spec,
+                                  sweeps=sweeps, cg_steps=cg_steps)
+            res.stats.update(sweeps=sweeps, sweep_full=1, sweep_seconds=round(time.perf_counter() - t1, 3),
+                             seconds=round(time.perf_counter() - t0, 3))
         elif sweeps:
             t1 = time.perf_counter()
             rows = users.to_index(changed).astype(np.int64)
@@ -198,8 +214,13 @@ def incremental_update(user_vectors: np.ndarray, user_ids: IdMap, item_vectors: 
 def _solve(uv: np.ndarray, iv: np.ndarray, spec: FoldInSpec, users: IdMap, user_ids: IdMap, items: IdMap,
            item_ids: IdMap, hist: sp.csr_matrix, changed: list[str], qualifying: list[str], can_item: bool,
            item_source: np.ndarray | None, min_count: int, cand_ids: np.ndarray, show_progress: bool,
-           t0: float) -> UpdateResult:
-    """Steps 2-4 of :func:`incremental_update` (users, items, users touching solved items)."""
+           t0: float, exact_items: bool = True) -> UpdateResult:
+    """Steps 2-4 of :func:`incremental_update` (users, items, users touching solved items).
+
+    ``exact_items=False`` (a full sweep follows): new items start at zero and content items
+    turning collaborative at their content vector; the sweep's item half-step solves them
+    (an exact ``d x d`` solve per new item cost 3-5% of a retrain at d = 400, docs/lifelong.md).
+    """
     n_old_items = len(item_ids)
     # 2) users on the known items (the spec's trained Gram: the Retriever's fold-in gives the same vector)
     out_u = np.zeros((len(users), iv.shape[1]), np.float32)
@@ -215,7 +236,8 @@ def _solve(uv: np.ndarray, iv: np.ndarray, spec: FoldInSpec, users: IdMap, user_
     counts = np.diff(hist.tocsc().indptr)
     refresh = np.flatnonzero((src_old != "cf") & (counts[:n_old_items] >= min_count)) if can_item else np.empty(0, np.int64)
     solve = np.concatenate([refresh, np.arange(n_old_items, len(items))]).astype(np.int64)
-    if solve.size:
+    refolded = 0
+    if solve.size and exact_items:
         cols = hist[:, solve].tocsc()
         gram = out_u.astype(np.float64).T @ out_u.astype(np.float64)
         for j in _progress(range(len(solve)), show_progress, "fold-in items"):
@@ -233,13 +255,60 @@ def _solve(uv: np.ndarray, iv: np.ndarray, spec: FoldInSpec, users: IdMap, user_
                  "popular items until their items qualify", len(unresolved))
     source = np.concatenate([src_old, np.asarray(["cf"] * len(qualifying), dtype=object)])
     source[refresh] = "cf"
-    stats = {"users_changed": len(cidx), "users_refolded": refolded if solve.size else 0,
+    stats = {"users_changed": len(cidx), "users_refolded": refolded,
              "users_new": len(users) - len(user_ids), "items_new": len(qualifying),
              "items_content_to_cf": int(len(refresh)),
              "items_waiting": int(len(cand_ids) - len(qualifying)), "users_without_vector": len(unresolved),
              "seconds": round(time.perf_counter() - t0, 3)}
     log.info("update: %s", stats)
     return UpdateResult(out_u, users, out_i, items, hist, source, stats)
+
+
+def add_content_items(res: UpdateResult, ids: Any, content: np.ndarray, warm_ids: Any, warm_content: np.ndarray,
+                      mapper: Any, *, cold_scale: float = 1.0, min_count: int = 5) -> UpdateResult:
+    """Append items with metadata only (no events) with vectors mapped from their content.
+
+    Why: after a full run such an item is a cold item of the content blend (the run's
+    cold-start mapper applied to its content, times ``cold_scale``); an update does the
+    same, or the item stays invisible until the next run. The mapper is refitted as the
+    blend step fits it: on the collaborative items with content and ``>= min_count``
+    users, against their vectors *now* (a sweep may have moved them).
+
+    Parameters
+    ----------
+    res : the update so far. ids, content : the new items and their content vectors (a
+        zero row: no text, skipped; ids already in the catalogue are skipped too).
+    warm_ids, warm_content : the catalogue items with a content vector (e.g. the run's
+        ``content/item_content.npz`` rows by their dataset ids).
+    mapper : a mapper name (``"ridge"``, ``"knn"``, ...) or an unfitted mapper object:
+        the run's choice (``extra.cold_start_mapper`` of the bundle).
+    """
+    from recsys.embeddings.blend import ContentBlender
+
+    ids = [str(i) for i in ids]
+    content = np.asarray(content, np.float32)
+    if content.shape[0] != len(ids):
+        raise InputError(f"{len(ids)} item ids for {content.shape[0]} content rows")
+    known = res.item_ids.to_index(ids, missing="ignore") if ids else np.zeros(0, np.int64)
+    keep = (np.asarray(known) < 0) & (np.linalg.norm(content, axis=1) > 0)
+    if not keep.any():
+        return res
+    rows = res.item_ids.to_index([str(i) for i in warm_ids], missing="ignore")
+    ok = rows >= 0
+    cf, wc, rows = res.item_vectors[rows[ok]], np.asarray(warm_content, np.float32)[ok], rows[ok]
+    counts = np.diff(res.seen.tocsc().indptr)[rows] * (res.item_source[rows] == "cf")
+    blender = ContentBlender(mapper=mapper, min_count=min_count).fit(wc, cf, counts)
+    new_ids = [i for i, k in zip(ids, keep) if k]
+    vecs = blender.map_content(content[keep]) * np.float32(cold_scale)
+    items = IdMap(res.item_ids.ids, "item")
+    items.extend(new_ids)
+    seen = sp.hstack([res.seen, sp.csr_matrix((res.seen.shape[0], len(new_ids)), dtype=res.seen.dtype)], format="csr")
+    stats = {**res.stats, "items_content_new": len(new_ids)}
+    log.info("update: %d items with metadata only mapped from content (%s, fitted on %d items)", len(new_ids),
+             getattr(mapper, "__name__", mapper), blender.n_train_items_)
+    return UpdateResult(res.user_vectors, res.user_ids, np.vstack([res.item_vectors, vecs.astype(np.float32)]), items,
+                        seen, np.concatenate([res.item_source, np.asarray(["content"] * len(new_ids), dtype=object)]),
+                        stats, res.spec)
 
 
 # -- the align step of `recsys run` -----------------------------------------------------------
@@ -286,7 +355,8 @@ def align_metrics_of_update(prev: Any, res: UpdateResult, cfg: dict[str, Any], s
     """Drift, churn and new-item exposure of an update against the bundle it started from.
 
     ``prev`` is the live :class:`~recsys.serving.reader.BundleData`; ``cfg`` the ``[align]``
-    section (an update never rotates: known items keep their vectors, so drift is 1).
+    section. An update never rotates: it starts from the live vectors (drift 1 without a
+    sweep; a full sweep moves them a little, and the drift says how much).
     """
     prev_view = view_of(prev.user_vectors, prev.user_map, prev.item_vectors, prev.item_map, prev.seen,
                         prev.manifest["similarity"])
@@ -294,7 +364,7 @@ def align_metrics_of_update(prev: Any, res: UpdateResult, cfg: dict[str, Any], s
     al, metrics = compare_versions(prev_view, new_view, align=False, min_shared=int(cfg.get("min_shared", 50)),
                                    churn_users=int(cfg.get("churn_users", 1000)), churn_k=int(cfg.get("churn_k", 10)),
                                    seed=seed)
-    record = {**al.as_dict(), "skipped": "an update keeps known vectors", "previous_version": prev.manifest["version"],
+    record = {**al.as_dict(), "skipped": "an update starts from the live vectors", "previous_version": prev.manifest["version"],
               **{k: round(v, 6) for k, v in metrics.items() if k.startswith(("churn", "new_"))}}
     return record, metrics
 
@@ -334,5 +404,5 @@ def view_of(user_vectors: np.ndarray | None, user_ids: IdMap | None, item_vector
     return VersionView(user_vectors, user_ids, item_vectors, item_ids, None if seen is None else sp.csr_matrix(seen), similarity)
 
 
-__all__ = ["UpdateResult", "align_metrics_of_update", "align_to_live", "batch_exposure", "fold_rows", "history_matrix", "incremental_update", "load_alignment", "local_sweep", "view_of",
-           "DEFAULT_MIN_COUNT", "DEFAULT_SWEEPS"]
+__all__ = ["UpdateResult", "add_content_items", "align_metrics_of_update", "align_to_live", "batch_exposure", "fold_rows", "history_matrix", "incremental_update", "load_alignment", "local_sweep", "view_of",
+           "DEFAULT_MIN_COUNT", "DEFAULT_SWEEPS", "DEFAULT_SWEEP_MODE", "SWEEP_MODES"]

@@ -1,4 +1,4 @@
-"""Local ALS sweep of `recsys update`: lowers the training loss, moves only what the changed users touched."""
+"""ALS sweeps of `recsys update`: the local one moves only what the changed users touched, the full one is ALS warm-started."""
 
 from __future__ import annotations
 
@@ -45,13 +45,14 @@ def _loss(res, spec):
 
 def test_local_sweeps_lower_the_training_loss_on_the_merged_history_below_fold_in_only():
     x, y, spec, users, items, hist, changed = _trained_toy()
-    losses = [_loss(incremental_update(x, users, y, items, spec, hist, changed, sweeps=s), spec) for s in (0, 1, 2)]
+    losses = [_loss(incremental_update(x, users, y, items, spec, hist, changed, sweeps=s, sweep_mode="local"), spec)
+              for s in (0, 1, 2)]
     assert losses[1] < losses[0] and losses[2] <= losses[1] + 1e-9, losses
 
 
 def test_a_sweep_leaves_unchanged_users_bit_for_bit_and_stores_what_the_published_fold_in_computes():
     x, y, spec, users, items, hist, changed = _trained_toy(seed=1)
-    res = incremental_update(x, users, y, items, spec, hist, changed, sweeps=2)
+    res = incremental_update(x, users, y, items, spec, hist, changed, sweeps=2, sweep_mode="local")
     np.testing.assert_array_equal(res.user_vectors[6:], x[6:])
     touched = np.unique(res.seen[:6].indices)
     untouched = np.setdiff1d(np.arange(len(y)), touched)
@@ -115,6 +116,37 @@ def test_item_conjugate_gradient_on_rare_items_takes_the_gather_path_and_converg
 def test_sweep_items_restrict_the_re_solved_items_to_the_given_ones():
     x, y, spec, users, items, hist, changed = _trained_toy(seed=4, iters=5)
     only = ["i1", "i2", "nope"]
-    res = incremental_update(x, users, y, items, spec, hist, changed, sweeps=1, sweep_items=only)
+    res = incremental_update(x, users, y, items, spec, hist, changed, sweeps=1, sweep_items=only,
+                             sweep_mode="local")
     moved = np.flatnonzero(np.any(res.item_vectors != y, axis=1))
     assert set(moved) <= {1, 2} and res.stats["items_swept"] == len(moved) > 0
+
+
+def test_a_full_sweep_lowers_the_training_loss_and_publishes_the_gram_of_what_it_moved():
+    x, y, spec, users, items, hist, changed = _trained_toy(seed=5)
+    fold_only = incremental_update(x, users, y, items, spec, hist, changed, sweeps=0)
+    full = incremental_update(x, users, y, items, spec, hist, changed, sweeps=1, sweep_mode="full")
+    assert _loss(full, spec) < _loss(fold_only, spec)
+    assert not np.array_equal(full.user_vectors[6:], x[6:])  # unchanged users move too: it is an ALS iteration
+    yv = full.item_vectors.astype(np.float64)
+    np.testing.assert_allclose(full.spec.gram, yv.T @ yv, rtol=1e-5, atol=1e-7)
+    assert full.stats["sweeps"] == 1 and full.stats["users_changed"] == len(changed)
+
+
+def test_full_sweeps_converge_to_the_exact_als_solution_and_leave_content_items_alone():
+    x, y, spec, users, items, hist, changed = _trained_toy(seed=6, iters=2)
+    source = np.array(["cf"] * len(y), dtype=object)
+    source[3] = "content"
+    res = incremental_update(x, users, y, items, spec, hist, changed, sweeps=500, sweep_mode="full", cg_steps=5,
+                             item_source=source, min_count=100)
+    np.testing.assert_array_equal(res.item_vectors[3], y[3])
+    cf = np.flatnonzero(source == "cf")
+    conf = res.seen.tocsc()
+    sub = FoldIn(FoldInSpec("als", weighting="log", alpha=2.0, regularization=0.5), res.item_vectors[cf])
+    for j in cf[:10]:  # at the fixed point each item is its exact solve against the users, and vice versa
+        col = conf[:, j]
+        np.testing.assert_allclose(res.item_vectors[j], sub.item(res.user_vectors, col.indices, col.data), atol=1e-3)
+    seen_cf = res.seen[:, cf].tocsr()
+    for u in range(5):
+        row = seen_cf[u]
+        np.testing.assert_allclose(res.user_vectors[u], sub.user(row.indices, row.data), atol=1e-3)

@@ -45,7 +45,8 @@ def test_foldin_of_a_new_user_and_a_new_item_equals_a_direct_least_squares_solve
     x, y, spec, users, items, base = _toy()
     new_user = [("newbie", "i1", 4.0), ("newbie", "i3", 1.0), ("newbie", "i7", 5.0)]
     new_item = [(f"u{u}", "fresh", float(w)) for u, w in zip(range(6), (5, 4, 3, 5, 2, 1))]
-    res = incremental_update(x, users, y, items, spec, _history(base + new_user + new_item), ["newbie"], min_count=5)
+    res = incremental_update(x, users, y, items, spec, _history(base + new_user + new_item), ["newbie"], min_count=5,
+                             sweeps=0)
     assert res.user_ids.ids[-1] == "newbie" and res.item_ids.ids[-1] == "fresh"
     want_u = _direct_solve(y, np.array([1, 3, 7]), np.array([4.0, 1.0, 5.0]), 2.0, 0.5)
     np.testing.assert_allclose(res.user_vectors[-1], want_u, rtol=1e-4, atol=1e-5)
@@ -57,7 +58,7 @@ def test_foldin_of_a_new_user_and_a_new_item_equals_a_direct_least_squares_solve
 
 def test_unchanged_users_and_known_items_keep_their_vectors_bit_for_bit():
     x, y, spec, users, items, base = _toy()
-    res = incremental_update(x, users, y, items, spec, _history(base + [("u3", "i2", 5.0)]), ["u3"])
+    res = incremental_update(x, users, y, items, spec, _history(base + [("u3", "i2", 5.0)]), ["u3"], sweeps=0)
     keep = np.arange(len(x)) != 3
     np.testing.assert_array_equal(res.user_vectors[keep], x[keep])
     np.testing.assert_array_equal(res.item_vectors, y)
@@ -67,13 +68,13 @@ def test_unchanged_users_and_known_items_keep_their_vectors_bit_for_bit():
 def test_new_items_below_min_count_wait_and_content_items_get_a_cf_vector():
     x, y, spec, users, items, base = _toy()
     rare = [("u1", "rare", 5.0), ("u2", "rare", 5.0)]
-    res = incremental_update(x, users, y, items, spec, _history(base + rare), ["u1"], min_count=3)
+    res = incremental_update(x, users, y, items, spec, _history(base + rare), ["u1"], min_count=3, sweeps=0)
     assert "rare" not in res.item_ids and res.stats["items_waiting"] == 1
     source = np.array(["cf"] * len(y), dtype=object)
     source[0] = "content"  # i0: mapped from metadata; the base history gives it users
     n_users_i0 = sum(1 for r in base if r[1] == "i0")
     res = incremental_update(x, users, y, items, spec, _history(base), [], min_count=max(1, n_users_i0),
-                             item_source=source)
+                             item_source=source, sweeps=0)
     assert res.item_source[0] == "cf" and not np.array_equal(res.item_vectors[0], y[0])
 
 
@@ -223,10 +224,45 @@ def test_an_update_with_a_local_sweep_publishes_the_moved_gram_so_the_retriever_
 
     out = _copy(base_run, tmp_path)
     assert run_update(out, str(base_run / "new.csv"), f"sqlite:///{base_run / 'mlruns.db'}", min_count=5, sweeps=1,
-                      show_progress=False) == 0
+                      sweep_mode="local", show_progress=False) == 0
     r = Retriever.load(out)
     assert r.manifest["extra"]["update"]["sweeps"] == 1 and r.manifest["extra"]["update"]["items_swept"] > 0
     hist = pl.read_csv(base_run / "new.csv").filter(pl.col("userId") == 900001)
     ids, _ = r.recommend("900001", k=10)
     want, _ = r.recommend_from_history(hist["movieId"].cast(str).to_list(), k=10, weights=hist["rating"].to_list())
     assert list(ids) == list(want)
+
+
+@pytest.mark.slow
+def test_an_update_with_a_forced_delta_index_serves_the_new_item_from_the_delta_with_filters(base_run, tmp_path):
+    from pipelines.update import run_update
+    from recsys.serving.retriever import Retriever
+
+    out = _copy(base_run, tmp_path)
+    uri = f"sqlite:///{base_run / 'mlruns.db'}"
+    assert run_update(out, str(base_run / "new.csv"), uri, min_count=5, sweeps=0, index="delta", show_progress=False) == 0
+    r, ex = Retriever.load(out, backend="index"), Retriever.load(out, backend="exact")
+    m = r.manifest
+    assert m["index"]["backend"] == "delta" and m["index"]["n_base"] == r.n_items - 1
+    assert m["extra"]["update"]["index_delta"] == 1 and type(r._index).__name__ == "DeltaIndex"
+    twin = (base_run / "twin.txt").read_text()
+    assert "999999" in r.similar_items(twin, k=50)[0]
+    raters = pl.read_csv(base_run / "new.csv").filter(pl.col("movieId") == 999999)["userId"].cast(str).to_list()
+    for kw in ({"exclude_seen": False}, {"exclude_seen": False, "candidates": ["999999", twin, "1", "2"]},
+               {"exclude_seen": False, "exclude": ["999999"]}, {}):
+        got, _ = r.recommend(raters, k=10, **kw)
+        want, _ = ex.recommend(raters, k=10, **kw)
+        overlap = [len((set(a) & set(b)) - {None}) / max(1, len(set(b) - {None})) for a, b in zip(got, want)]
+        assert np.mean(overlap) >= 0.95, kw
+        if "exclude" in kw or not kw:  # blocked, or seen by its raters
+            assert not any("999999" in row for row in got)
+    r.close()
+    ex.close()
+    # the default update (a full sweep) moves known items: auto rebuilds, a forced delta is refused
+    (base_run / "more.csv").write_text("userId,movieId,rating,timestamp\n900001,1,4.0,1700000000\n")
+    from recsys.errors import InputError
+
+    with pytest.raises(InputError, match="moved"):
+        run_update(out, str(base_run / "more.csv"), uri, index="delta", show_progress=False)
+    assert run_update(out, str(base_run / "more.csv"), uri, show_progress=False) == 0
+    assert Retriever.load(out).manifest["index"]["backend"] != "delta"

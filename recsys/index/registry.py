@@ -46,6 +46,10 @@ def create_index(name: str, similarity: str, n_items: int, settings: Mapping[str
 
 def _entry_backend(entry: Mapping[str, Any]) -> type[VectorIndex]:
     name = entry.get("backend", DEFAULT_BACKEND)  # bundles from before the registry are Annoy
+    if name == "delta":  # written by `recsys update` only (not an [index] backend one can build)
+        from recsys.index.delta import DeltaIndex
+
+        return DeltaIndex
     if name not in BACKENDS:
         raise BundleError(f"the bundle's index backend {name!r} is unknown to this recsys (known: {sorted(BACKENDS)}); "
                           "upgrade recsys or re-export the bundle")

@@ -1,4 +1,4 @@
-"""Batched ALS fold-in and the local ALS sweep: the solves of :func:`recsys.lifelong.incremental_update`.
+"""Batched ALS fold-in, the local and the full (warm-started) ALS sweep: the solves of :func:`recsys.lifelong.incremental_update`.
 
 Why a module of its own: these are the numeric kernels (exact ALS user solves in blocks,
 conjugate-gradient item steps on the items' nonzeros), tested against
@@ -102,6 +102,54 @@ def local_sweep(uv: np.ndarray, iv: np.ndarray, cf: np.ndarray, hist: sp.csr_mat
     return spec, int(len(touched))
 
 
+def full_sweep(uv: np.ndarray, iv: np.ndarray, cf: np.ndarray, hist: sp.csr_matrix, spec: FoldInSpec, *,
+               sweeps: int = 1, cg_steps: int = 3, num_threads: int = 0) -> FoldInSpec:
+    """Warm-started ALS iterations on the whole merged history, in place: every item, then every user.
+
+    Why: the fold-in never re-learns a known item and a local sweep moves only the items
+    the changed users touched, so both miss most of what a retrain gains on a log where
+    new ratings reshape the items (latest-small, docs/lifelong.md). A retrain is ``k``
+    such iterations from random factors; started from the published factors (new users
+    and items already placed by the fold-in), one iteration costs ~``1/k`` of it and runs
+    implicit's own solver (``implicit.cpu._als.least_squares_cg``: the C++ conjugate
+    gradient a retrain runs, same ``cg_steps``), not a Python loop. Items go first so the
+    users' half-step sees items that learned from the new events. Every user may move:
+    the trade-off against "without forgetting" is measured by bench_lifelong.py.
+
+    Parameters
+    ----------
+    uv, iv : float32 arrays, changed in place
+    cf : bool array (n_items,)
+        Collaborative items. Content-mapped items (no history to learn from) neither
+        move nor count in the users' ``YᵀY``.
+    hist : CSR (n_users, n_items) of raw weights; spec : the published ALS fold-in.
+    num_threads : int
+        implicit's threads (0: OpenMP's default, as :class:`recsys.models.als.ALS` trains).
+
+    Returns
+    -------
+    the fold-in spec with ``YᵀY`` of the collaborative items as they are now.
+    """
+    from implicit.cpu import _als
+
+    every = bool(np.all(cf))  # the usual case: no column slice, no gather
+    cols = np.flatnonzero(cf)
+    conf = _weighting.transform(hist if every else hist[:, cols].tocsr(), spec.weighting, eps=spec.eps)
+    conf = conf.astype(np.float32)  # a copy: "linear" returns the history itself, which alpha must not scale
+    conf.data *= np.float32(spec.alpha)
+    conf_t = conf.T.tocsr()
+    x = np.ascontiguousarray(uv, dtype=np.float32)
+    y = np.ascontiguousarray(iv if every else iv[cols], dtype=np.float32)
+    reg = float(spec.regularization)
+    for _ in range(sweeps):
+        _als.least_squares_cg(conf_t, y, x, reg, num_threads=num_threads, cg_steps=cg_steps)
+        _als.least_squares_cg(conf, x, y, reg, num_threads=num_threads, cg_steps=cg_steps)
+    uv[:] = x
+    iv[cols] = y
+    y64 = y.astype(np.float64)
+    return dataclasses.replace(spec, gram=y64.T @ y64)
+
+
 def _cg_items(x: np.ndarray, lhs: np.ndarray, conf: sp.csc_matrix, cols: np.ndarray, y0: np.ndarray, steps: int,
               budget: int = 4_000_000) -> np.ndarray:
     """``steps`` CG steps on each item's ``(lhs + Xᵢᵀ(Cᵢ - I)Xᵢ) y = Xᵢᵀ Cᵢ 1``, all items of a block at once.
@@ -179,4 +227,4 @@ def progress(it: Any, show: bool, desc: str) -> Any:
     return tqdm(it, desc=desc)
 
 
-__all__ = ["fold_rows", "local_sweep", "progress"]
+__all__ = ["fold_rows", "full_sweep", "local_sweep", "progress"]

@@ -50,6 +50,7 @@ from recsys.data.idmap import IdMap
 from recsys.errors import ConfigError, InputError
 from recsys.index.annoy_index import METRICS
 from recsys.index.base import check_similarity, check_vectors
+from recsys.index.delta import reuse_index
 from recsys.index.registry import BACKENDS, DEFAULT_BACKEND, create_index
 from recsys.io import sha256_file, write_json
 from recsys.models.foldin import FoldInSpec, spec_for
@@ -252,6 +253,7 @@ def export_bundle(
     extra_manifest: Mapping[str, Any] | None = None,
     queries: np.ndarray | None = None,
     foldin: FoldInSpec | Mapping[str, Any] | None = None,
+    delta_of: str | os.PathLike | None = None,
 ) -> BundleInfo:
     """Build, measure and write a new bundle under ``root/bundles/<version>``.
 
@@ -285,6 +287,10 @@ def export_bundle(
         How :meth:`Retriever.recommend_from_history` folds in a history: a
         :class:`~recsys.models.foldin.FoldInSpec` (``foldin_for(model)``) or its JSON
         form; default ``{"method": "mean"}``.
+    delta_of : path, optional
+        A bundle whose items are the first rows of ``item_vectors``, bit for bit: its
+        index is linked in and the items after it are scanned exactly at query time
+        (:mod:`recsys.index.delta`; ``recsys update`` between two rebuilds).
 
     Raises
     ------
@@ -327,11 +333,17 @@ def export_bundle(
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=bundles))
     try:
         t0 = time.perf_counter()
-        index = create_index(cfg.backend, similarity, n_items, asdict(cfg)).build(items)
-        build_s = time.perf_counter() - t0
-        gate = run_gate(index, items, gate_q, gate_from, cfg, similarity)  # tunes index in place
-        index_entry = index.save(tmp)  # the backend's files and its manifest entry
-        index.unload()
+        if delta_of is not None:
+            base = read_bundle(delta_of, verify=False)
+            index_entry, gate = reuse_index(base.path, base.manifest, base.item_vectors, tmp, items, gate_q, similarity,
+                                            cfg.recall_k, cfg.min_recall)
+            build_s = time.perf_counter() - t0
+        else:
+            index = create_index(cfg.backend, similarity, n_items, asdict(cfg)).build(items)
+            build_s = time.perf_counter() - t0
+            gate = run_gate(index, items, gate_q, gate_from, cfg, similarity)  # tunes index in place
+            index_entry = index.save(tmp)  # the backend's files and its manifest entry
+            index.unload()
         np.save(tmp / "item_vectors.npy", items, allow_pickle=False)
         _write_ids(tmp / "items.parquet", item_map, popularity=pop, source=source)
         if users is not None and user_map is not None:

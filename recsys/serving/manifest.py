@@ -173,6 +173,12 @@ def _validate_index(c: _Check, ix: dict[str, Any], n_items: int | None) -> None:
     """
     p = "index."
     c.need(ix, "backend", lambda v: isinstance(v, str) and bool(v), "a backend name", p)
+    if ix.get("backend") == "delta":  # recsys.index.delta: the base's own entry, over its first n_base items
+        n_base = c.need(ix, "n_base", lambda v: _is_int(v) and 0 < v <= (n_items or v), "an int in (0, n_items]", p)
+        base = c.need(ix, "base", lambda v: isinstance(v, dict) and v.get("backend") != "delta", "a non-delta entry", p)
+        if base is not None:
+            _validate_index(c, base, n_base)
+        return
     if "annoy" in str(ix.get("backend")):
         c.need(ix, "metric", lambda v: v in METRICS, f"one of {METRICS}", p)
         c.need(ix, "transform", lambda v: isinstance(v, str) and bool(v), "a transform name", p)
