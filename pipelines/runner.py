@@ -3,7 +3,7 @@
 The chain, each step skipped when its fingerprint (inputs + config + upstream
 fingerprints) is unchanged and its outputs still exist::
 
-    dataset -> baseline-<name>... -> train-<name>... -> content -> refit -> blend -> align -> export -> promote -> batch
+    dataset -> baseline-<name>... -> train-<name>... [-> fusion] -> content -> refit -> blend -> align -> export -> promote -> batch
 
 A refused promotion is recorded (so an unchanged rerun says "refused" again without
 registering another version) and turned into exit code 3. ``batch`` (top-K of every
@@ -53,7 +53,7 @@ class Runner:
     # -- helpers ---------------------------------------------------------------------------
 
     def _models_cfg(self) -> tuple[list[str], list[str], str]:
-        m = self.cfg.models  # validated: families registered, publish a trained vector model
+        m = self.cfg.models  # validated: families registered, publish a trained vector model, "fusion" or "best"
         return list(m.baselines), list(m.train), str(m.publish)
 
     def _params(self, name: str) -> dict[str, Any]:
@@ -110,12 +110,8 @@ class Runner:
             res = self._step(f"train-{name}", inputs, lambda n=name, p=params, t=tune: steps.train_step(ctx, ds, n, p, t))
             trained[name] = res
             self.metrics[name] = steps.load_result(res.outputs)["metrics_test"]
-        publish_reason = f"configured ([models] publish = {publish!r})"
-        if publish == "best":  # the vector family best on validation; the test split is never consulted
-            publish, publish_reason = choose_published(
-                {n: steps.load_result(trained[n].outputs)["metrics_valid"] for n in train if get_family(n).vectors},
-                self.cfg.promotion.metric)
-            log.info("publishing %s: %s", publish, publish_reason)
+        self._fusion(ds, ds_fp, publish, trained)
+        publish, publish_reason = self._choose(train, publish, trained)
         self.record["publish"] = {"model": publish, "reason": publish_reason}
         published = steps.load_result(trained[publish].outputs)
 
@@ -127,9 +123,16 @@ class Runner:
                                      lambda: steps.content_step(ctx, ds, content_cfg))
 
         refit = bool(self.cfg.refit.enabled)
-        refit_res = self._step("refit", {"train": trained[publish].fingerprint, "refit": refit, "params": published["params"]},
-                               lambda: steps.refit_step(ctx, ds, publish, published["params"], refit,
-                                                        trained[publish].outputs["model_path"]))
+        if publish == "fusion":  # the members' published models, fused with the weights chosen on validation
+            members = {n: trained[n].outputs for n in published["params"]["members"]}
+            refit_res = self._step("refit", {"train": trained[publish].fingerprint, "refit": refit,
+                                             "members": {n: trained[n].fingerprint for n in members}},
+                                   lambda: steps.fusion_refit_step(ctx, ds, published, members, refit))
+        else:
+            refit_res = self._step("refit", {"train": trained[publish].fingerprint, "refit": refit,
+                                             "params": published["params"]},
+                                   lambda: steps.refit_step(ctx, ds, publish, published["params"], refit,
+                                                            trained[publish].outputs["model_path"]))
         blend_res = self._step("blend", {"model": refit_res.fingerprint, "content": content_res and content_res.fingerprint,
                                          "config": content_cfg},
                                lambda: steps.blend_step(ctx, ds, refit_res.outputs["model_path"],
@@ -154,8 +157,9 @@ class Runner:
         gate = self._gate_config()
         promo_cfg = self.cfg.section("promotion")
         promo = self._step("promote", {"export": export_res.fingerprint, "promotion": promo_cfg,
-                                       "metrics": published["metrics_test"]},
-                           lambda: steps.promote_step(ctx, ds, export_res.outputs, published["metrics_test"], promo_cfg, gate))
+                                       "metrics": published["metrics_test"], "publish": self.record["publish"]},
+                           lambda: steps.promote_step(ctx, ds, export_res.outputs, published["metrics_test"], promo_cfg, gate,
+                                                      chosen=self.record["publish"]))
         if promo.outputs["promoted"] and self.cfg.batch.enabled:
             batch_cfg = self.cfg.section("batch")
             # keyed on the bundle, not the promotion: registering the same bundle again changes no list
@@ -174,6 +178,36 @@ class Runner:
             raise QualityGateError("the challenger did not pass the gates; the champion keeps serving: "
                                    + "; ".join(r for r in promo.outputs["reasons"] if r.startswith("FAIL")))
         return 0
+
+    def _fusion(self, ds: Dataset, ds_fp: str, publish: str, trained: dict[str, StepResult]) -> None:
+        """The fusion step, for ``publish = "fusion"`` or as a ``"best"`` candidate (two members or more).
+
+        The fusion joins ``trained`` and the held-out table under the name ``"fusion"``.
+        """
+        m = self.cfg.models
+        members, metric = m.fusion_members(), self.cfg.promotion.metric
+        if publish != "fusion" and not (publish == "best" and len(members) >= 2):
+            return
+        inputs = {"members": {n: trained[n].fingerprint for n in members}, "dataset": ds_fp, "step": m.fusion.step,
+                  "metric": metric, "seed": self.ctx.seed, "evaluation": self.ctx.evaluation}
+        trained["fusion"] = self._step("fusion", inputs, lambda: steps.fusion_step(
+            self.ctx, ds, {n: trained[n].outputs for n in members}, m.fusion.step, metric))
+        self.metrics["fusion"] = steps.load_result(trained["fusion"].outputs)["metrics_test"]
+
+    def _choose(self, train: list[str], publish: str, trained: dict[str, StepResult]) -> tuple[str, str]:
+        """The published model's name and why.
+
+        ``"best"`` compares the trained vector families and the fusion (when it ran) on their
+        **validation** metric (``[promotion] metric``); the test split is never consulted.
+        Ties go to the single family listed first, then to the fusion.
+        """
+        if publish != "best":
+            return publish, f"configured ([models] publish = {publish!r})"
+        candidates = [n for n in train if get_family(n).vectors] + (["fusion"] if "fusion" in trained else [])
+        choice, reason = choose_published({n: steps.load_result(trained[n].outputs)["metrics_valid"] for n in candidates},
+                                          self.cfg.promotion.metric)
+        log.info("publishing %s: %s", choice, reason)
+        return choice, reason
 
     def _gate_config(self) -> Any:
         from recsys.promotion import GateConfig

@@ -169,6 +169,25 @@ class TrackingSection(_Section):
         return validate_name(v, "experiment name")
 
 
+class FusionSection(_Section):
+    """``[models.fusion]``: the fused model of ``publish = "fusion"`` (and the fusion candidate of ``"best"``).
+
+    ``members`` are trained vector families (default: every one in ``[models] train``);
+    ``step`` is the grid of the weight simplex searched on the validation split
+    (:func:`recsys.models.fusion.select_weights`; 0.1 gives 66 weightings of 3 members).
+    """
+
+    members: list[str] | None = None
+    step: float = Field(0.1, gt=0, le=0.5)
+
+    @pydantic.field_validator("step")
+    @classmethod
+    def _grid(cls, v: float) -> float:
+        if abs(1 / v - round(1 / v)) > 1e-6:
+            raise ValueError(f"[models.fusion] step = {v} must divide 1 (e.g. 0.05, 0.1, 0.25)")
+        return v
+
+
 class ModelsSection(BaseModel):
     """``[models]``: which families to train and publish, and one table of parameters per family.
 
@@ -183,7 +202,8 @@ class ModelsSection(BaseModel):
 
     baselines: list[str] = ["most-popular", "item-knn"]
     train: list[str] = ["als"]
-    publish: str | None = None  # a trained vector family, or "best" (best on validation, never test)
+    publish: str | None = None  # a trained vector family, "fusion", or "best" (best on validation, never test)
+    fusion: FusionSection = FusionSection()
 
     @pydantic.model_validator(mode="after")
     def _families(self) -> ModelsSection:
@@ -192,13 +212,18 @@ class ModelsSection(BaseModel):
         if not self.train:
             raise ValueError("[models] train is empty: name at least one model family to train")
         publish = self.publish or self.train[0]
-        if publish == "best":  # the trained vector family best on validation, chosen after training
+        members = self.fusion_members()
+        if publish == "best":  # the trained vector family or fusion best on validation, chosen after training
             if not [n for n in self.train if registry.get_family(n).vectors]:
                 raise ValueError(f'[models] publish = "best" needs a trained vector model '
                                  f"{registry.family_names(vectors=True)} in [models] train {self.train}")
+        elif publish == "fusion":
+            if len(members) < 2:
+                raise ValueError(f'[models] publish = "fusion" needs at least two trained vector families; '
+                                 f"[models.fusion] members resolves to {members} (train {self.train})")
         elif publish not in self.train:
             raise ValueError(f"[models] publish = {publish!r} must be one of the trained models {self.train} "
-                             '(or "best")')
+                             '(or "fusion" or "best")')
         elif not registry.get_family(publish).vectors:
             raise ValueError(f"[models] publish must be a vector model {registry.family_names(vectors=True)}, "
                              f"got {publish!r}")
@@ -215,6 +240,24 @@ class ModelsSection(BaseModel):
                     raise ValueError(f"[models.{name}.tune] must be a table (a search space), got {tune!r}")
                 autotune.validate_tune_table(fam, tune, params, f"[models.{name}.tune]")
         return self
+
+    def fusion_members(self) -> list[str]:
+        """The fused families: ``[models.fusion] members``, default every trained vector family.
+
+        Raises
+        ------
+        ValueError
+            A member that is not a trained vector family, or named twice (pydantic reports it
+            as a :class:`ConfigError` naming ``[models.fusion] members``).
+        """
+        vectors = [n for n in self.train if registry.get_family(n).vectors]
+        members = list(self.fusion.members) if self.fusion.members is not None else vectors
+        bad = [n for n in members if n not in vectors]
+        if bad:
+            raise ValueError(f"[models.fusion] members {bad} are not trained vector families; choose from {vectors}")
+        if len(set(members)) != len(members):
+            raise ValueError(f"[models.fusion] members {members} names a family twice")
+        return members
 
     def params(self, name: str) -> dict[str, Any]:
         """Fixed parameters of a family (its table without ``tune``)."""

@@ -139,9 +139,10 @@ def select_weights(models: Sequence[Any], train: sp.csr_matrix, valid: sp.csr_ma
 def choose_published(valid_metrics: Mapping[str, Mapping[str, float]], metric: str = "ndcg@10") -> tuple[str, str]:
     """``[models] publish = "best"``: the model with the best **validation** ``metric``, and why.
 
-    ``valid_metrics`` maps each candidate (the trained vector families) to its validation
-    metrics; the test split is never consulted. Ties go to the first candidate (the order
-    of ``[models] train``).
+    ``valid_metrics`` maps each candidate (the trained vector families in the order of
+    ``[models] train``, then ``"fusion"`` when it is fused) to its validation metrics; the
+    test split is never consulted. Ties go to the first candidate, so a fusion that only
+    equals a single family on validation does not replace it.
 
     Raises
     ------
