@@ -8,7 +8,10 @@ Backends: catalogues up to ``exact_max_items`` (manifest value, measured by
 ``benchmarks/bench_retrieval.py``; overridable at load) are scanned exactly with BLAS,
 which is then faster than Annoy at the recall we demand; larger ones use the Annoy forest
 with exact re-scoring of its candidates. Either way excluded items never appear and
-allow-lists are honoured exactly.
+allow-lists are honoured exactly. A bundle ``recsys update`` exported with a delta index
+(:mod:`recsys.index.delta`) is served the same way: its base index answers for the items
+it was built over, an exact scan for the items added since, the two merged by score with
+the filters applied to both.
 
 Fallbacks (documented contract, never a crash):
 
