@@ -85,7 +85,7 @@ def test_config_show_prints_the_effective_config_as_toml(capsys):
 def test_packaged_defaults_are_a_valid_config_that_names_no_dataset():
     raw = tomllib.loads(PACKAGED_DEFAULTS.read_text())
     cfg = validate_config(raw)
-    assert "path" not in raw.get("events", {}) and cfg.models.publish == "als"
+    assert "path" not in raw.get("events", {}) and cfg.models.publish == "best"
 
 
 def test_an_empty_time_flag_removes_the_files_time_column(capsys):
