@@ -119,7 +119,12 @@ def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], 
     model_path = model_dir / "model.npz"
     if not model_path.exists():
         res.model.save(model_path)
+    on_train = None
+    if res.model_on_train is not None and get_family(name).vectors:  # a fusion member without refitting it
+        on_train = model_dir / "model_on_train.npz"
+        res.model_on_train.save(on_train)
     write_json(model_dir / "result.json", {"model": name, "params": _jsonable(res.params), "run_id": res.run_id,
+                                           "model_on_train_path": None if on_train is None else str(on_train),
                                            "metrics_test": _jsonable(res.metrics_test),
                                            "metrics_valid": _jsonable(res.metrics_valid), "tuning": tuning_info})
     return {"result_path": str(model_dir / "result.json"), "model_path": str(model_path), "run_id": res.run_id}
@@ -153,7 +158,9 @@ def member_on_train(ds: Dataset, name: str, result: dict[str, Any], trained_mode
     """Family ``name`` as validation selected it, fitted on ``train`` only.
 
     Why: fusion weights are scored on ``valid``, so the members must not have seen it, and
-    the train step keeps only the selected configuration refitted on train + valid. ALS,
+    the train step's published model is refitted on train + valid. When the train step kept
+    the selected model fitted on train only (``model_on_train_path``: the best trial's
+    model, the two-tower's selection model) it is loaded as it is; otherwise: ALS,
     BPR (families that refit): the selected parameters (best iteration, same seed) fitted
     on train, i.e. the selecting trial again (seconds); the two-tower: the trained model as
     is when it was not refitted (``refit_on_valid = false``), else its selection
@@ -161,6 +168,10 @@ def member_on_train(ds: Dataset, name: str, result: dict[str, Any], trained_mode
     its selected parameters on train's sequences.
     """
     fam, params, train = get_family(name), result["params"], ds.matrix("train")
+    kept = result.get("model_on_train_path")
+    if kept and Path(kept).exists():  # the train step kept the selected train-only model: nothing to fit
+        log.info("fusion: %s as selected on valid, fitted on train only (%s)", name, kept)
+        return Recommender.load(kept)
     if name == "two-tower":
         if not params.get("refit_on_valid", True):
             return Recommender.load(trained_model_path)

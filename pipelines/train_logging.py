@@ -35,6 +35,7 @@ class TrainResult:
     experiment: str = ""
     out_dir: Path | None = None
     trials: list[Any] = field(default_factory=list)
+    model_on_train: Any = None  # the selected model fitted on train only, when the protocol kept it
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def log_training_run(
             res.model.save_checkpoint(out_dir / "checkpoint")
             tracking.log_file(out_dir / "checkpoint" / "config.json", "checkpoint")
         run_id = run.info.run_id
-    return TrainResult(res.model, run_id, res.params, res.metrics_valid, res.metrics_test, experiment, out_dir, res.trials)
+    return TrainResult(res.model, run_id, res.params, res.metrics_valid, res.metrics_test, experiment, out_dir, res.trials,
+                       res.model_on_train)
 
 
 def _log_training_curve(history: list[dict[str, float]], title: str) -> None:

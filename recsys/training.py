@@ -66,6 +66,7 @@ class ProtocolResult:
     history: list[dict[str, float]] = field(default_factory=list)
     seen: sp.csr_matrix | None = None
     summary: dict[str, float] = field(default_factory=dict)  # family-specific figures to track (refit_epochs)
+    model_on_train: Recommender | None = None  # the selected model fitted on train only (fusion weights), if kept
 
 
 def _nonempty(dataset: Dataset, split: str) -> bool:
@@ -157,7 +158,7 @@ def train_and_evaluate(
     seen = dataset.matrix("train", "valid") if settings.get("refit_on_valid", True) else train
     cb.tested(res.metrics_test)
     return ProtocolResult(res.model, res.params, res.metrics_valid, res.metrics_test, res.trials,
-                          list(res.best.history), seen, summary=sampled)
+                          list(res.best.history), seen, summary=sampled, model_on_train=res.model_on_train)
 
 
 def evaluation_users(matrix: sp.csr_matrix, users: int | np.ndarray | None, seed: int,

@@ -124,6 +124,7 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
     history = list(getattr(model, "history_", []))
     seen, summary = train, {}
     reasons = [model.stop_reason_]
+    on_train = model if has_valid else None  # selected on valid, fitted on train only (fusion weights)
     if has_valid and refit:
         seen = dataset.matrix("train", "valid")
         model = _refit(model, dataset, feats, int(model_params.get("ensemble", 1)), budget.refit_minutes())
@@ -135,10 +136,12 @@ def select_on_validation(dataset: Dataset, family: ModelFamily, params: Mapping[
     summary["train_minutes"] = budget.elapsed_minutes()
     final = {**model.get_params(), **proto, "max_minutes": model_params.get("max_minutes")}
     if not _is_main():  # a non-main rank of a distributed job: trained in lock-step, not evaluated
-        return ProtocolResult(model, final, m_valid, {}, history=history, seen=seen, summary=summary)
+        return ProtocolResult(model, final, m_valid, {}, history=history, seen=seen, summary=summary,
+                              model_on_train=on_train)
     m_test = evaluate(model, seen, test, ks=ks, users=test_users)
     callbacks.tested(m_test)
-    return ProtocolResult(model, final, m_valid, m_test, history=history, seen=seen, summary=summary)
+    return ProtocolResult(model, final, m_valid, m_test, history=history, seen=seen, summary=summary,
+                          model_on_train=on_train)
 
 
 def _refit(model: TwoTower, dataset: Dataset, feats: np.ndarray | None, ensemble: int,

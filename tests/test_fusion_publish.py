@@ -76,6 +76,9 @@ def test_publish_fusion_trains_tests_exports_and_serves_the_fused_model(fusion_r
     result = json.loads((fusion_run / "models" / "fusion" / "result.json").read_text())
     assert result["params"]["members"] == ["als", "bpr"] and result["params"]["weights_chosen_on"] == "valid"
     assert sum(result["params"]["weights"]) == pytest.approx(1.0)
+    for member in ("als", "bpr"):  # the members' train-only selection models were kept, not refitted
+        kept = json.loads((fusion_run / "models" / member / "result.json").read_text())["model_on_train_path"]
+        assert kept and Path(kept).exists()
     run = MlflowClient(f"sqlite:///{fusion_run.parent / 'mlruns.db'}").get_run(result["run_id"])
     assert "test_ndcg_at_10" in run.data.metrics and "valid_ndcg_at_10" in run.data.metrics
     published = Recommender.load(fusion_run / "models" / "fusion-published" / "model.npz")

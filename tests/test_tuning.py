@@ -120,3 +120,19 @@ def test_trials_are_nested_mlflow_runs_with_validation_curves(mats: tuple[sp.csr
     files = {f.path for f in client.list_artifacts(parent.info.run_id, "tuning")}
     assert files == {"tuning/trials.json"}
     assert isinstance(res.model, ALS)
+
+
+def test_the_best_trials_train_only_model_is_kept_and_scores_its_validation_metric(mats: tuple[sp.csr_matrix, ...]) -> None:
+    from recsys.evaluation import evaluate
+
+    train, valid, _ = mats
+    res = tuning.select_and_fit(
+        "als", *mats, {"regularization": [0.01, 30.0]}, base_params={**BASE, "factors": 32, "iterations": 10},
+        eval_every=5, show_progress=False,
+    )
+    kept = res.model_on_train
+    assert kept is not None and kept is not res.model
+    assert kept.regularization == res.params["regularization"]
+    # fitted on train only, at the best iteration: it reproduces the winning validation score
+    again = evaluate(kept, train, valid, ks=(10,), show_progress=False)["ndcg@10"]
+    assert again == pytest.approx(res.best.score, abs=1e-6)
