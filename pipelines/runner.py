@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines import recommend_batch, steps
+from pipelines import fusion_steps, recommend_batch, steps
 from recsys.data.dataset import Dataset
 from recsys.config import RunConfig
 from recsys.errors import QualityGateError
@@ -127,7 +127,7 @@ class Runner:
             members = {n: trained[n].outputs for n in published["params"]["members"]}
             refit_res = self._step("refit", {"train": trained[publish].fingerprint, "refit": refit,
                                              "members": {n: trained[n].fingerprint for n in members}},
-                                   lambda: steps.fusion_refit_step(ctx, ds, published, members, refit))
+                                   lambda: fusion_steps.fusion_refit_step(ctx, ds, published, members, refit))
         else:
             refit_res = self._step("refit", {"train": trained[publish].fingerprint, "refit": refit,
                                              "params": published["params"]},
@@ -190,7 +190,7 @@ class Runner:
             return
         inputs = {"members": {n: trained[n].fingerprint for n in members}, "dataset": ds_fp, "step": m.fusion.step,
                   "metric": metric, "seed": self.ctx.seed, "evaluation": self.ctx.evaluation}
-        trained["fusion"] = self._step("fusion", inputs, lambda: steps.fusion_step(
+        trained["fusion"] = self._step("fusion", inputs, lambda: fusion_steps.fusion_step(
             self.ctx, ds, {n: trained[n].outputs for n in members}, m.fusion.step, metric))
         self.metrics["fusion"] = steps.load_result(trained["fusion"].outputs)["metrics_test"]
 

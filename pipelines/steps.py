@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import scipy.sparse as sp
 
 from pipelines.embed_content import make_encoder as build
 from pipelines.train import train_model
@@ -111,7 +110,7 @@ def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], 
                                    "seed": plan.settings.get("seed", (plan.hit or {}).get("seed"))}
     if plan.status == "search":
         best = max(res.trials, key=lambda t: t.score)
-        entry = cache.put(plan.key, _jsonable(res.params), plan.record, score=float(best.score),
+        entry = cache.put(plan.key, jsonable(res.params), plan.record, score=float(best.score),
                           metric=plan.settings.get("metric", "ndcg@10"), n_trials=len(res.trials),
                           n_pruned=sum(t.state == "pruned" for t in res.trials), seed=plan.settings["seed"],
                           minutes=round(sum(t.fit_seconds for t in res.trials) / 60, 2), run_id=res.run_id)
@@ -123,10 +122,10 @@ def train_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], 
     if res.model_on_train is not None and get_family(name).vectors:  # a fusion member without refitting it
         on_train = model_dir / "model_on_train.npz"
         res.model_on_train.save(on_train)
-    write_json(model_dir / "result.json", {"model": name, "params": _jsonable(res.params), "run_id": res.run_id,
+    write_json(model_dir / "result.json", {"model": name, "params": jsonable(res.params), "run_id": res.run_id,
                                            "model_on_train_path": None if on_train is None else str(on_train),
-                                           "metrics_test": _jsonable(res.metrics_test),
-                                           "metrics_valid": _jsonable(res.metrics_valid), "tuning": tuning_info})
+                                           "metrics_test": jsonable(res.metrics_test),
+                                           "metrics_valid": jsonable(res.metrics_valid), "tuning": tuning_info})
     return {"result_path": str(model_dir / "result.json"), "model_path": str(model_path), "run_id": res.run_id}
 
 
@@ -151,111 +150,6 @@ def refit_step(ctx: RunContext, ds: Dataset, name: str, params: dict[str, Any], 
     return {"model_path": str(out), "refit": True}
 
 
-# -- fusion ----------------------------------------------------------------------------------
-
-
-def member_on_train(ds: Dataset, name: str, result: dict[str, Any], trained_model_path: str) -> Recommender:
-    """Family ``name`` as validation selected it, fitted on ``train`` only.
-
-    Why: fusion weights are scored on ``valid``, so the members must not have seen it, and
-    the train step's published model is refitted on train + valid. When the train step kept
-    the selected model fitted on train only (``model_on_train_path``: the best trial's
-    model, the two-tower's selection model) it is loaded as it is; otherwise: ALS,
-    BPR (families that refit): the selected parameters (best iteration, same seed) fitted
-    on train, i.e. the selecting trial again (seconds); the two-tower: the trained model as
-    is when it was not refitted (``refit_on_valid = false``), else its selection
-    configuration (one member, the selected epoch count) trained again on train; item2vec:
-    its selected parameters on train's sequences.
-    """
-    fam, params, train = get_family(name), result["params"], ds.matrix("train")
-    kept = result.get("model_on_train_path")
-    if kept and Path(kept).exists():  # the train step kept the selected train-only model: nothing to fit
-        log.info("fusion: %s as selected on valid, fitted on train only (%s)", name, kept)
-        return Recommender.load(kept)
-    if name == "two-tower":
-        if not params.get("refit_on_valid", True):
-            return Recommender.load(trained_model_path)
-        from recsys.models.two_tower import TwoTower
-        from recsys.training_two_tower import item_features_for
-
-        model_params, proto = fam.split_params(params)
-        epochs = int(result.get("metrics_valid", {}).get("best_epoch") or model_params["epochs"])
-        cfg = {**model_params, "ensemble": 1, "epochs": epochs, "patience": None}
-        log.info("fusion: two-tower selection configuration (%d epochs, one member) on train only", epochs)
-        return TwoTower(**cfg).fit(train, pairs=ds.split("train"), item_features=item_features_for(ds, proto["item_features"]))
-    if name == "item2vec":
-        from recsys.models.item2vec import ItemSequences
-
-        return fam.make(params).fit(train, sequences=ItemSequences.from_frame(ds.split("train"), ds.n_users))
-    if fam.refit_on_all:
-        return fam.make(params).fit(train)
-    raise ConfigError(f"[models.fusion] members: {name!r} cannot be refitted on the train split for the fusion weights")
-
-
-def fusion_step(ctx: RunContext, ds: Dataset, members: dict[str, dict[str, Any]], step: float, metric: str) -> dict[str, Any]:
-    """Fusion weights chosen on ``valid`` (train-only members), tested once like any model, tracked.
-
-    ``members`` maps each fused family to its train step's outputs. The weights are chosen
-    by :func:`recsys.models.fusion.select_weights` on the validation split (its user sample
-    when ``[evaluation] valid_users`` is set) with :func:`member_on_train` models; the test
-    metrics are those of the members the train steps tested (fitted on train + valid) fused
-    with those weights, train + valid items excluded. The test split is read only there.
-    """
-    from recsys.evaluation import evaluate
-    from recsys.models.fusion import fuse, select_weights
-    from recsys.training import KS, evaluation_users
-
-    if "valid" not in ds.splits or ds.splits["valid"].height == 0:
-        raise ConfigError('[models] publish = "fusion"/"best" chooses fusion weights on the valid split, which is '
-                          "empty; rebuild the dataset with valid_frac > 0 or publish one family")
-    names = list(members)
-    results = {n: read_json(o["result_path"]) for n, o in members.items()}
-    train, valid = ds.matrix("train"), ds.matrix("valid")
-    sample = eval_samples(ctx)
-    v_users = evaluation_users(valid, sample["valid_users"], sample["sample_seed"], "valid")
-    on_train = [member_on_train(ds, n, results[n], members[n]["model_path"]) for n in names]
-    selection, grid = select_weights(on_train, train, valid, names=names, metric=metric, step=step, users=v_users)
-    weights = selection.weights
-    m_valid = {metric: grid[tuple(weights)]}
-    seen, test = ds.matrix("train", "valid"), ds.matrix("test")
-    tested = fuse([Recommender.load(members[n]["model_path"]) for n in names], weights, names, user_items=seen)
-    m_test = evaluate(tested, seen, test, ks=KS, users=evaluation_users(test, sample["test_users"], sample["sample_seed"], "test"))
-    params = {"members": names, "weights": weights, "scales_valid": selection.scales, "step": step, "metric": metric,
-              "weights_chosen_on": "valid"}
-    with tracking.start_run(ctx.tracking_uri, ctx.experiment, run_name="train-fusion",
-                            tags={"recsys.step": "fusion", "recsys.model": "fusion"}) as run:
-        tracking.log_config({**params, "member_run_ids": [results[n]["run_id"] for n in names]})
-        tracking.log_metrics(m_valid, prefix="valid_")
-        tracking.log_metrics(m_test, prefix="test_")
-    model_dir = ctx.out / "models" / "fusion"
-    selection.save(model_dir / "model.npz")  # train-only: the cold-start mapper is chosen on it (blend step)
-    write_json(model_dir / "result.json", {"model": "fusion", "params": _jsonable(params), "run_id": run.info.run_id,
-                                           "metrics_test": _jsonable(m_test), "metrics_valid": _jsonable(m_valid),
-                                           "valid_grid": {",".join(map(str, w)): v for w, v in grid.items()}})
-    log.info("fusion %s: weights %s chosen on validation (%s %.4f); test %s %.4f", names, weights, metric,
-             m_valid[metric], metric, m_test.get(metric, float("nan")))
-    return {"result_path": str(model_dir / "result.json"), "model_path": str(model_dir / "model.npz"),
-            "run_id": run.info.run_id}
-
-
-def fusion_refit_step(ctx: RunContext, ds: Dataset, fusion: dict[str, Any], members: dict[str, dict[str, Any]],
-                      refit: bool) -> dict[str, Any]:
-    """The published fusion: each member's published model (:func:`refit_step`) fused with the chosen weights.
-
-    The weights are those chosen on validation; each member's score scale is measured again
-    on its published model (a scale is a property of one model's scores, not a choice).
-    """
-    from recsys.models.fusion import fuse
-
-    names = list(fusion["params"]["members"])
-    paths = [refit_step(ctx, ds, n, read_json(members[n]["result_path"])["params"], refit,
-                        members[n]["model_path"])["model_path"] for n in names]
-    model = fuse([Recommender.load(p) for p in paths], fusion["params"]["weights"], names, user_items=all_interactions(ds))
-    out = ctx.out / "models" / "fusion-published" / "model.npz"
-    model.save(out)
-    return {"model_path": str(out), "refit": refit, "members": dict(zip(names, paths))}
-
-
 # -- content ---------------------------------------------------------------------------------
 
 
@@ -273,7 +167,7 @@ def content_step(ctx: RunContext, ds: Dataset, cfg: dict[str, Any]) -> dict[str,
     path = ctx.out / "content" / "item_content.npz"
     save_npz(path, vectors=vectors.astype(np.float32))
     log.info("content: %d items embedded with %s (%s)", len(vectors), encoder.model_id, stats)
-    return {"content_path": str(path), "encoder": encoder.model_id, "stats": _jsonable(stats)}
+    return {"content_path": str(path), "encoder": encoder.model_id, "stats": jsonable(stats)}
 
 
 def make_encoder(cfg: dict[str, Any], ds: Dataset, text_cols: list[str], cache_dir: Path, show_progress: bool) -> Any:
@@ -287,15 +181,15 @@ def make_encoder(cfg: dict[str, Any], ds: Dataset, text_cols: list[str], cache_d
     return build(opts, item_texts(ds.items, text_cols) if kind == "tfidf" else [])
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.integer, np.floating)):
         return x.item()
     if hasattr(x, "as_dict"):
-        return _jsonable(x.as_dict())
+        return jsonable(x.as_dict())
     return x if isinstance(x, (str, int, float, bool)) or x is None else str(x)
 
 
@@ -327,7 +221,7 @@ def blend_step(ctx: RunContext, ds: Dataset, model_path: str, content_path: str 
         table = blender.transform(content, cf, counts)
         table.meta["cold_start_mapper"] = mapper_info
     table.save(path)
-    return {"vectors_path": str(path), "sources": table.counts(), "mapper": _jsonable(mapper_info)}
+    return {"vectors_path": str(path), "sources": table.counts(), "mapper": jsonable(mapper_info)}
 
 
 def _cold_start_mapper(ctx: RunContext, ds: Dataset, content: np.ndarray, cfg: dict[str, Any],

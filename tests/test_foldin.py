@@ -255,7 +255,8 @@ def test_two_tower_bundle_recommends_from_history_as_the_model_does(tower_model,
 
     info = export_bundle(tmp_path, item_vectors=tower_model.item_factors_, item_ids=ml_small.item_map,
                          user_vectors=tower_model.user_factors_, user_ids=ml_small.user_map, seen=train,
-                         similarity="dot", config=IndexConfig(n_trees=10, n_jobs=1), foldin=foldin_for(tower_model))
+                         similarity=tower_model.similarity,  # cosine, as recsys run exports it
+                         config=IndexConfig(n_trees=10, n_jobs=1), foldin=foldin_for(tower_model))
     r = Retriever.load(info.path, backend="exact")
     assert r.foldin.method == "tower"
     user_ids, item_ids = ml_small.user_map.ids, np.asarray(ml_small.item_map.ids, dtype=object)

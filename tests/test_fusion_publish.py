@@ -90,7 +90,7 @@ def test_publish_fusion_trains_tests_exports_and_serves_the_fused_model(fusion_r
 
 
 def test_fusion_weights_do_not_change_when_the_test_split_does(fusion_run: Path, tmp_path: Path):
-    from pipelines import steps
+    from pipelines import fusion_steps, steps
     from recsys.data.dataset import Dataset
 
     ds = Dataset.load(fusion_run / "dataset")
@@ -98,10 +98,10 @@ def test_fusion_weights_do_not_change_when_the_test_split_does(fusion_run: Path,
                    "model_path": str(fusion_run / "models" / n / "model.npz")} for n in ("als", "bpr")}
     ctx = steps.RunContext(out=tmp_path / "a", tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", experiment="t", seed=0,
                            show_progress=False)
-    first = json.loads(Path(steps.fusion_step(ctx, ds, members, 0.25, "ndcg@10")["result_path"]).read_text())
+    first = json.loads(Path(fusion_steps.fusion_step(ctx, ds, members, 0.25, "ndcg@10")["result_path"]).read_text())
     ds.splits["test"] = ds.splits["valid"]  # a test split on which other weights would win
     ctx.out = tmp_path / "b"
-    second = json.loads(Path(steps.fusion_step(ctx, ds, members, 0.25, "ndcg@10")["result_path"]).read_text())
+    second = json.loads(Path(fusion_steps.fusion_step(ctx, ds, members, 0.25, "ndcg@10")["result_path"]).read_text())
     assert first["metrics_test"] != second["metrics_test"]
     assert first["params"]["weights"] == second["params"]["weights"] and first["valid_grid"] == second["valid_grid"]
 

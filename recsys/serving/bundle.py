@@ -225,7 +225,9 @@ def _foldin_spec(foldin: FoldInSpec | Mapping[str, Any] | None, similarity: str)
         spec = foldin if isinstance(foldin, FoldInSpec) else FoldInSpec.from_json(foldin or {"method": "mean"})
     except InputError as e:
         raise InputError(f"bad foldin spec: {e}") from e
-    if spec.method != "mean" and similarity != "dot":
+    # ALS / BPR solve for a vector scored by dot products; the tower's output is a trained
+    # user's vector in the model's own space (unit length under cosine): any similarity
+    if spec.method in ("als", "bpr") and similarity != "dot":
         raise InputError(f"{spec.method} fold-in is for dot-product models")
     return spec
 
