@@ -15,7 +15,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys.data.splits import SplitConfig, lower_quantile_rank, random_keys, split
+from recsys.data.splits import SplitConfig, lower_quantile_rank, random_keys, random_parts, split
 from tests.spark_fixtures import require_spark, spark  # noqa: F401 - fixture
 
 
@@ -24,6 +24,18 @@ def test_advanced_generator_draws_the_slice_of_the_one_generator(seed: int) -> N
     whole = np.random.default_rng([seed, 2]).random(10_000)
     for start, n in [(0, 10_000), (0, 1), (1, 5), (4_321, 1_000), (9_999, 1), (5_000, 0)]:
         np.testing.assert_array_equal(random_keys(seed, start, n), whole[start:start + n])
+
+
+def test_tied_random_keys_label_a_block_of_users_as_the_whole_table() -> None:
+    # keys on a coarse grid: many rows of one user tie; a block of whole users (what a Spark
+    # task labels) must give its rows the labels the whole table gives them
+    rng = np.random.default_rng(1)
+    user = np.sort(rng.integers(0, 30, 3_000))
+    keys = rng.integers(0, 4, user.size) / 4.0
+    whole = random_parts(user, keys, 0.2, 0.1)
+    for lo, hi in [(0, 10), (10, 11), (11, 30)]:
+        rows = (user >= lo) & (user < hi)
+        np.testing.assert_array_equal(random_parts(user[rows], keys[rows], 0.2, 0.1), whole[rows])
 
 
 def test_lower_quantile_rank_picks_the_value_polars_picks() -> None:

@@ -160,11 +160,14 @@ def random_parts(user: np.ndarray, keys: np.ndarray, test_frac: float, valid_fra
     """Part labels of the ``random`` strategy from each row's random key (:func:`random_keys`).
 
     ``user`` holds whole users (every row of a user present). ``user + key`` sorts by user,
-    then randomly within the user in one argsort; the keys are unique (almost surely), so
-    the sort kind is irrelevant. The user codes enter the key as they are (their magnitude
-    decides the rounding of the sum), and are shifted to start at 0 only for the counts.
+    then randomly within the user in one argsort. The sum keeps about ``52 - log2(user)``
+    fractional bits, so two rows of a long history can tie; the sort is stable, so a tie
+    keeps the rows' own order (item order within the user) and a block of whole users
+    (the Spark engine) labels its rows exactly as the whole table does. The user codes
+    enter the key as they are (their magnitude decides the rounding of the sum), and are
+    shifted to start at 0 only for the counts.
     """
-    order = np.argsort(user + keys)
+    order = np.argsort(user + keys, kind="stable")
     return _positional(user - user.min(), order, float(test_frac), None, float(valid_frac))
 
 
